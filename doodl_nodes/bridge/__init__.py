@@ -1,0 +1,1 @@
+"""The only layer that imports ComfyUI (`comfy`, `folder_paths`, ...)."""
