@@ -110,6 +110,12 @@ class DoodlResult:
     warnings: list[str] = field(default_factory=list)
     start_step: int = 0
     sigmas: Optional[torch.Tensor] = None               # the sub-chain that was optimized through
+    # the chain's outputs (x0, y0) for the final and the best pair, when they were computed
+    # (``final_*`` is None when the final iterate was not scored, e.g. evaluate_final=False)
+    final_x0: Optional[torch.Tensor] = None
+    final_y0: Optional[torch.Tensor] = None
+    best_x0: Optional[torch.Tensor] = None
+    best_y0: Optional[torch.Tensor] = None
 
 
 def doodl_update(u: tuple[torch.Tensor, torch.Tensor], grad: tuple[torch.Tensor, torch.Tensor],
@@ -204,12 +210,14 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
                                    "and returned the best finite iterate so far")
             if result.losses:
                 result.x, result.y = result.best_x, result.best_y
+                result.final_x0, result.final_y0 = result.best_x0, result.best_y0
             break
         result.losses.append(loss)
         result.x, result.y = u[0] * scale, u[1] * scale
         if loss < result.best_loss:
             result.best_loss, result.best_iteration = loss, m
             result.best_x, result.best_y = result.x, result.y
+            result.best_x0, result.best_y0 = x0, y0
         grad_norm = float(torch.sqrt(gx.pow(2).sum() + gy.pow(2).sum())) * scale
         if grad_norm == 0.0:
             zero_grad_iters.append(m)
@@ -218,6 +226,7 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
                                  result.x, result.y, x0, y0)
             if callback(info):
                 result.status = "stopped"
+                result.final_x0, result.final_y0 = x0, y0
                 break
         u, velocity = doodl_update(u, (gx * scale, gy * scale), velocity, norms0, config, generator)
         result.x, result.y = u[0] * scale, u[1] * scale
@@ -230,9 +239,11 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
                 final = float(objective(x0, y0).detach())
             if math.isfinite(final):
                 result.final_loss = final
+                result.final_x0, result.final_y0 = x0, y0
                 if final < result.best_loss:
                     result.best_loss, result.best_iteration = final, config.iterations
                     result.best_x, result.best_y = result.x, result.y
+                    result.best_x0, result.best_y0 = x0, y0
             else:
                 result.warnings.append("the final iterate's loss is not finite; best_* excludes it")
     if zero_grad_iters:

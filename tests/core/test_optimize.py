@@ -69,8 +69,10 @@ def test_optimization_strictly_reduces_a_simple_objective(mode):
     assert res.best_iteration == 15 and torch.equal(res.best_x, res.x)
     # renormalization keeps the initial norm; tying keeps x == y
     assert torch.allclose(res.x.norm(), x.norm()) and torch.equal(res.x, res.y)
-    x0, _ = edict_sample(den, res.x, res.y, sigmas)
+    x0, y0 = edict_sample(den, res.x, res.y, sigmas)
     assert float(((x0 - target) ** 2).mean()) < res.losses[0]
+    assert torch.equal(res.final_x0, x0) and torch.equal(res.final_y0, y0)
+    assert torch.equal(res.best_x0, x0)
 
 
 def test_zero_objective_moves_only_by_the_perturbation():
@@ -126,6 +128,7 @@ def test_callback_sees_each_iteration_and_can_stop():
                          DoodlConfig(iterations=10), callback=cb)
     assert [s[0] for s in seen] == [0, 1, 2] and res.status == "stopped"
     assert len(res.losses) == 3 and res.final_loss is None
+    assert torch.equal(res.final_x0, edict_sample(den, res.x, res.y, sigmas)[0])
 
 
 def test_nonfinite_loss_stops_and_returns_best():
