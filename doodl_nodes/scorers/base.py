@@ -1,0 +1,128 @@
+"""The scorer contract: what flows through the ``DOODL_SCORER`` socket.
+
+A scorer maps images ``(B, 3, H, W)`` in ``[0, 1]`` (any device, any float dtype) to a per-image loss
+``(B,)`` float32 that is differentiable with respect to the pixels, and reports human-meaningful
+metrics through :meth:`DoodlScorer.scores`. Scorers never clamp the pixels (clamping kills the
+gradient; do it upstream, straight-through, if you need it) and never build gradients on weights:
+every weight is frozen (``requires_grad_(False)``).
+
+Multi-crop comes from the core: :class:`CropScorer` draws crops with
+``doodl_nodes.core.crops.make_crops`` (crop-major layout) at the model's input size, evaluates a
+per-crop loss, and reduces it per image with ``doodl_nodes.core.losses.reduce_over_crops``.
+``CropConfig(num_crops=0)`` means no crops: the whole image, differentiably resized.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..core.crops import CropConfig, make_crops, resize_square
+from ..core.losses import reduce_over_crops
+
+__all__ = ["DoodlScorer", "CropScorer", "DEFAULT_CROPS", "check_images", "plain_tensor",
+           "freeze", "unique"]
+
+DEFAULT_CROPS = CropConfig()
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Validate a ``(B, 3, H, W)`` floating-point image batch and return it unchanged."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got {images.dtype}")
+    return images
+
+
+def plain_tensor(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A detached clone made outside inference mode (safe to keep and to use under autograd)."""
+    with torch.inference_mode(False):
+        return t.detach().to(dtype=dtype).clone()
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and ``requires_grad_(False)`` on every parameter."""
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def unique(items) -> list:
+    """Drop repeated objects (by identity), keeping order."""
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out
+
+
+class DoodlScorer:
+    """Base class of every scorer. Subclasses implement :meth:`loss` and :meth:`scores`."""
+
+    name: str = "scorer"
+
+    def loss(self, images: torch.Tensor, crops: CropConfig = DEFAULT_CROPS,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Per-image loss ``(B,)`` float32, differentiable w.r.t. ``images``."""
+        raise NotImplementedError
+
+    def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Human-meaningful metrics, each ``(B,)`` float32, on the whole image (no crops)."""
+        raise NotImplementedError
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every torch module whose weights this scorer uses (owned or ComfyUI-managed)."""
+        return []
+
+    def owned_modules(self) -> list[torch.nn.Module]:
+        """The modules this scorer moves itself in :meth:`to` (ComfyUI moves its own models)."""
+        return self.modules()
+
+    def comfy_models(self) -> list:
+        """Opaque ComfyUI objects (e.g. CLIP_VISION ModelPatchers) the bridge must load."""
+        return []
+
+    def to(self, device) -> "DoodlScorer":
+        """Move owned modules (and target tensors) to ``device``; inputs are cast internally."""
+        for module in self.owned_modules():
+            module.to(device)
+        return self
+
+    def __call__(self, images: torch.Tensor, crops: CropConfig = DEFAULT_CROPS,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.loss(images, crops, generator)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class CropScorer(DoodlScorer):
+    """A scorer whose loss is a per-crop loss at a fixed square input size, reduced per image.
+
+    Subclasses set :attr:`input_size` and implement :meth:`crop_loss` (``(N, 3, S, S)`` -> ``(N,)``);
+    :meth:`loss` draws the crops and reduces. Subclasses that need several reductions (ensembles)
+    override :meth:`reduce_crop_loss`.
+    """
+
+    input_size: int = 224
+
+    def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, crops: CropConfig = DEFAULT_CROPS,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        check_images(images)
+        pixels = make_crops(images, self.input_size, crops.num_crops, crops.cut_power, generator)
+        return self.reduce_crop_loss(pixels, crops).to(device=images.device, dtype=torch.float32)
+
+    def reduce_crop_loss(self, pixels: torch.Tensor, crops: CropConfig) -> torch.Tensor:
+        per_crop = self.crop_loss(pixels).float()
+        return reduce_over_crops(per_crop, max(crops.num_crops, 1), crops.reduction)
+
+    def resize_whole(self, images: torch.Tensor) -> torch.Tensor:
+        """The no-crop view of the images at the input size (what ``num_crops=0`` scores)."""
+        return resize_square(check_images(images), self.input_size)
