@@ -142,7 +142,13 @@ def _load_open_clip_state_dict(model, state_dict: dict, where: str) -> None:
     sd.pop("text.transformer.embeddings.position_ids", None)
     resize_pos_embed(sd, model)
     resize_text_pos_embed(sd, model)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise WeightsFileError(
+            f"{where} does not match the chosen open_clip architecture: {detail} ... Pick the "
+            f"architecture the checkpoint was trained with.") from None
     if missing or unexpected:
         raise WeightsFileError(
             f"{where} does not match the chosen open_clip architecture: {len(missing)} missing "
