@@ -33,6 +33,9 @@ Gotchas found with ComfyUI 0.3.64 on this machine:
   threads ran the tiny SD20 forward 25x slower (3.1 s instead of 0.12 s: threads spin at
   barriers while one is descheduled). The server therefore gets ``OMP_NUM_THREADS=1`` by default
   (``threads=None`` inherits the environment).
+* ``frontend="none"`` passes an empty ``--front-end-root`` (``GET /`` is then a 404, and the
+  ``comfyui_frontend_package`` wheel is not needed); ``"real"`` serves the installed web UI
+  (``GET /`` is its ``index.html``) for browser tests.
 * Only loopback: the server listens on 127.0.0.1 at a free port, and every wait is bounded.
 """
 from __future__ import annotations
@@ -147,8 +150,13 @@ class ComfyServer:
     def __init__(self, workdir: Path | None = None, *, frontend: str = "none", pack_root: Path = PACK_ROOT,
                  pack_name: str = PACK_NAME, harness_nodes: bool = False, extra_args=(), root: Path | None = None,
                  python: str = sys.executable, port: int | None = None, threads: int | None = 1):
-        if frontend not in ("none", "real"):
-            raise ValueError("frontend must be 'none' (empty --front-end-root) or 'real' (comfyui_frontend_package)")
+        if frontend not in ("none", "real", "auto"):
+            raise ValueError("frontend must be 'none' (empty --front-end-root), 'real' (the installed "
+                             "comfyui_frontend_package, for browser tests) or 'auto' (real if installed)")
+        if frontend == "auto":
+            import importlib.util
+
+            frontend = "real" if importlib.util.find_spec("comfyui_frontend_package") else "none"
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="doodl_comfy_server_")).resolve()
         self.frontend = frontend
@@ -294,6 +302,9 @@ class ComfyServer:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read()
 
+    def get_text(self, path: str, timeout: float = 30.0) -> str:
+        return self._request("GET", path, timeout=timeout).decode("utf-8", "replace")
+
     def get_json(self, path: str, timeout: float = 30.0):
         return json.loads(self._request("GET", path, timeout=timeout) or b"null")
 
@@ -417,11 +428,14 @@ def txt2img_core_prompt(unet_name: str, vae_name: str, *, seed: int = 0, steps: 
 _SESSION: dict[tuple, ComfyServer] = {}
 
 
-def session_server(*, frontend: str = "none", harness_nodes: bool = False, timeout: float = 120.0) -> ComfyServer:
+def session_server(*, frontend: str = "auto", harness_nodes: bool = True, timeout: float = 120.0) -> ComfyServer:
     """The process-wide server for this configuration: started on first use, stopped at exit.
 
     Every test file can call it from its own session-scoped fixture and they all share one
-    server (one start, ~6 s here). Tests must not stop it; use ``ComfyServer`` directly for a
+    server (one start, ~5 s here). ``harness_nodes`` defaults to True (the test-only
+    ``DOODLTestRandomConditioning`` node) and ``frontend`` to "auto" (the real web UI when
+    ``comfyui_frontend_package`` is installed: starting it costs no measurable time here), so
+    callers with default arguments, browser tests included, share one server. Tests must not stop it; use ``ComfyServer`` directly for a
     private one. Call ``tests.comfyui_env.require_comfyui()`` first so a missing ComfyUI skips.
     """
     key = (frontend, harness_nodes)

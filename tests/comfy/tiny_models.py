@@ -160,16 +160,17 @@ def _randomize(template: dict[str, torch.Tensor], seed: int, gain: float = 1.0) 
     out = {}
     for k, v in template.items():
         shape = tuple(v.shape)
+        t = torch.empty(shape)
         if k.endswith("pos_embed"):
-            t = torch.randn(shape, generator=g) * 0.5
+            t.normal_(0.0, 0.5, generator=g)
         elif len(shape) >= 2:
             fan_in = max(1, int(torch.Size(shape[1:]).numel()))
-            t = torch.randn(shape, generator=g) * (gain / fan_in ** 0.5)
+            t.normal_(0.0, gain / fan_in ** 0.5, generator=g)
         elif k.endswith("weight"):
-            t = 1.0 + 0.02 * torch.randn(shape, generator=g)
+            t.normal_(1.0, 0.02, generator=g)
         else:
-            t = 0.02 * torch.randn(shape, generator=g)
-        out[k] = t.contiguous()
+            t.normal_(0.0, 0.02, generator=g)
+        out[k] = t
     return out
 
 
