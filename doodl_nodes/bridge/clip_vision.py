@@ -1,13 +1,17 @@
 """ComfyUI ``CLIP_VISION`` and ``CLIP`` objects as inputs of the (ComfyUI-free) scorers.
 
 ``ClipVisionModel.encode_image`` is not differentiable (``clip_preprocess`` rounds to 8 bits) and
-moves its outputs to the CPU, so :class:`ComfyCLIPVisionEncoder` calls the model directly, as
-comfyui-notes.md §4.1 prescribes::
+moves its outputs to the CPU. comfyui-notes.md §4.1 suggests calling the model directly::
 
     clip_vision.model(pixel_values=px, intermediate_output=-2)[2]     # image_embeds
 
-with its own differentiable bicubic-antialias resize + center crop + normalize (the model config's
-mean/std, see ``scorers.encoders.ImageEncoder``). The weights stay ComfyUI's: ``comfy_models()``
+but that call cannot be backpropagated either: ComfyUI's ``CLIPLayer.forward`` adds the attention
+and MLP residuals in place (``x += ...``) into a tensor its LayerNorm saved for backward, so
+``backward()`` fails with "modified by an inplace operation" (tested in tests/scorers). So
+:class:`ComfyCLIPVisionEncoder` runs the *same submodules in the same order* with out-of-place
+residual adds (:func:`clip_vision_embeds`; equal to the direct call, also tested), after its own
+differentiable bicubic-antialias resize + center crop + normalize (the model config's mean/std,
+see ``scorers.encoders.ImageEncoder``). The weights stay ComfyUI's: ``comfy_models()``
 hands the ModelPatcher to the bridge for loading, ``to()`` never moves them, and every
 differentiable call first runs ``make_autograd_safe`` (cheap once done; a later inference-mode
 reload by another node brings the inference-tensor trap back, so it is checked on every call).
@@ -25,7 +29,8 @@ from ..scorers.base import plain_tensor
 from ..scorers.encoders import ImageEncoder
 from .autograd import make_autograd_safe
 
-__all__ = ["ComfyCLIPVisionEncoder", "comfy_clip_pooled_embedding", "CLIP_G_DIM"]
+__all__ = ["ComfyCLIPVisionEncoder", "clip_vision_embeds", "comfy_clip_pooled_embedding",
+           "CLIP_G_DIM"]
 
 CLIP_G_DIM = 1280
 CLIP_L_DIM = 768
@@ -74,13 +79,37 @@ class ComfyCLIPVisionEncoder(ImageEncoder):
             make_autograd_safe(model)
         # fp32 input, as encode_image passes: comfy's manual_cast ops cast the weights to it.
         px = pixels.to(device=self.device, dtype=torch.float32)
-        return model(pixel_values=px, intermediate_output=-2)[2]
+        return clip_vision_embeds(model, px)
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.clip_vision.model]
 
     def comfy_models(self) -> list:
         return [self.clip_vision.patcher]
+
+
+def clip_vision_embeds(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``model(pixel_values=..., intermediate_output=-2)[2]`` with out-of-place residual adds.
+
+    ``model`` is ComfyUI's ``CLIPVisionModelProjection`` (CLIP ViT: class token, pre-LayerNorm,
+    post-LayerNorm on the class token, projection). Same submodules, same order, same attention
+    function as ``comfy.clip_model.CLIPEncoder`` picks; only ``x += f(x)`` becomes ``x = x + f(x)``.
+    """
+    from comfy.ldm.modules.attention import optimized_attention_for_device
+
+    vision = getattr(model, "vision_model", None)
+    layers = getattr(getattr(vision, "encoder", None), "layers", None)
+    if layers is None or getattr(vision, "output_layernorm", False) \
+            or getattr(getattr(vision, "embeddings", None), "class_embedding", None) is None:
+        raise ValueError("unsupported CLIP_VISION model: expected a CLIP ViT (class token, "
+                         "projection head) as ComfyUI's clip_vision_*.safetensors loads")
+    x = vision.embeddings(pixel_values)
+    x = vision.pre_layrnorm(x)
+    attention = optimized_attention_for_device(x.device, mask=False, small_input=True)
+    for layer in layers:
+        x = x + layer.self_attn(layer.layer_norm1(x), None, attention)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return model.visual_projection(vision.post_layernorm(x[:, 0, :]))
 
 
 def comfy_clip_pooled_embedding(clip, text: str) -> torch.Tensor:

@@ -38,14 +38,14 @@ class CLIPTextScorer(CropScorer):
 
     def __init__(self, image_encoder: ImageEncoder, text_embedding: torch.Tensor,
                  prompt: Optional[str] = None, name: Optional[str] = None):
-        emb = plain_tensor(torch.as_tensor(text_embedding)).reshape(-1)
+        emb = torch.as_tensor(text_embedding).detach().float().reshape(-1)
         if emb.numel() != image_encoder.embed_dim:
             raise ValueError(
                 f"the text embedding has {emb.numel()} dims but the image encoder "
                 f"{image_encoder.label} gives {image_encoder.embed_dim}: both must come from the "
                 f"same CLIP model (e.g. SDXL clip_g with clip_vision_g, both 1280-d)")
         self.encoder = image_encoder
-        self.target = F.normalize(emb, dim=-1)
+        self.target = plain_tensor(F.normalize(emb, dim=-1))  # a normal tensor in any mode
         self.prompt = prompt
         self.input_size = image_encoder.image_size
         self.name = name or f"CLIP text ({image_encoder.label})"
@@ -113,7 +113,8 @@ class CLIPImageScorer(CropScorer):
             if reference_images is None:
                 raise ValueError("give reference_images (or precomputed targets)")
             targets = [reference_embedding(enc, reference_images) for enc in encoders]
-        self.targets = [F.normalize(plain_tensor(t).reshape(-1), dim=-1) for t in targets]
+        self.targets = [plain_tensor(F.normalize(t.detach().float().reshape(-1), dim=-1))
+                        for t in targets]
         for enc, t in zip(encoders, self.targets):
             if t.numel() != enc.embed_dim:
                 raise ValueError(f"target for {enc.label} has {t.numel()} dims, expected "

@@ -77,3 +77,79 @@ def tiny_hf_folder(tmp_path_factory):
 def images():
     torch.manual_seed(2)
     return torch.rand(2, 3, 48, 40)
+
+
+# ------------------------------------------------------------------ ComfyUI objects (tiny, random)
+
+COMFY_VISION_CONFIG = {  # the vision tower of TINY_OPEN_CLIP, in ComfyUI's clip_vision format
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
+    "image_size": IMAGE_SIZE, "initializer_factor": 1.0, "initializer_range": 0.02,
+    "intermediate_size": 128, "layer_norm_eps": 1e-5, "model_type": "clip_vision_model",
+    "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2, "patch_size": 8,
+    "projection_dim": EMBED_DIM, "torch_dtype": "float32",
+}
+TINY_TEXT = {"hidden_size": EMBED_DIM, "intermediate_size": 32, "num_attention_heads": 2,
+             "num_hidden_layers": 3}
+
+
+@pytest.fixture
+def comfy_clip_vision(tiny_open_clip, tmp_path):
+    """Factory: a ComfyUI ClipVisionModel holding the tiny open_clip vision weights, loaded like
+    CLIPVisionLoader does (open_clip ``visual.*`` keys converted) under inference mode."""
+    from tests.comfyui_env import require_comfyui
+
+    require_comfyui()
+    import comfy.cli_args
+    import comfy.clip_vision
+
+    def make(fp32=True, **config_overrides):
+        cfg = dict(COMFY_VISION_CONFIG, **config_overrides)
+        path = tmp_path / f"clip_vision_{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(cfg))
+        _, _, oc_model = tiny_open_clip
+        sd = {k: v.clone() for k, v in oc_model.state_dict().items() if k.startswith("visual.")}
+        args = comfy.cli_args.args
+        old = args.fp32_text_enc
+        args.fp32_text_enc = fp32
+        try:
+            with torch.inference_mode():  # as the loader node runs
+                cv = comfy.clip_vision.ClipVisionModel(str(path))
+                sd = comfy.clip_vision.convert_to_transformers(sd, "visual.")
+                missing, unexpected = cv.load_sd(sd)
+        finally:
+            args.fp32_text_enc = old
+        assert not missing and not unexpected, (missing, unexpected)
+        return cv
+    return make
+
+
+@pytest.fixture
+def comfy_text_clip():
+    """Factory: a real ComfyUI CLIP object with tiny random text encoders (SDXL or SD1 layout)."""
+    from types import SimpleNamespace
+
+    from tests.comfyui_env import require_comfyui
+
+    require_comfyui()
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+
+    def make(kind="sdxl"):
+        if kind == "sdxl":
+            target = SimpleNamespace(params={}, clip=comfy.sdxl_clip.SDXLClipModel,
+                                     tokenizer=comfy.sdxl_clip.SDXLTokenizer)
+        else:
+            target = SimpleNamespace(params={}, clip=comfy.sd1_clip.SD1ClipModel,
+                                     tokenizer=comfy.sd1_clip.SD1Tokenizer)
+        options = {"clip_l_model_config": dict(TINY_TEXT), "clip_g_model_config": dict(TINY_TEXT)}
+        with torch.inference_mode():
+            clip = comfy.sd.CLIP(target=target, model_options=options)
+            gen = torch.Generator().manual_seed(5)
+            for name, p in clip.cond_stage_model.named_parameters():
+                if "layer_norm" in name and name.endswith("weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        return clip
+    return make
