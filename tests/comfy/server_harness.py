@@ -336,7 +336,7 @@ class ComfyServer:
         return self.get_json("/history/" + prompt_id).get(prompt_id)
 
     def wait(self, prompt_id: str, timeout: float = 60.0, poll: float = 0.05) -> PromptResult:
-        """Poll ``/history`` until the prompt finished; on timeout interrupt it and raise."""
+        """Poll ``/history`` until the prompt finished; on timeout cancel it and raise TimeoutError."""
         t0 = time.monotonic()
         while True:
             entry = self.history(prompt_id)
@@ -345,17 +345,23 @@ class ComfyServer:
             if not self.running:
                 raise ServerError(f"ComfyUI died while running prompt {prompt_id}\n{self.log_tail()}")
             if time.monotonic() - t0 > timeout:
-                self.interrupt()
-                raise TimeoutError(f"prompt {prompt_id} not finished after {timeout:.0f}s (interrupted)\n"
+                self.cancel(prompt_id)
+                raise TimeoutError(f"prompt {prompt_id} not finished after {timeout:.0f}s (cancelled)\n"
                                    f"{self.log_tail()}")
             time.sleep(poll)
 
     def run_prompt(self, prompt: dict, timeout: float = 60.0) -> PromptResult:
         return self.wait(self.queue_prompt(prompt), timeout=timeout)
 
-    def interrupt(self) -> None:
-        """``POST /interrupt``: stops the running prompt at its next interrupt check."""
-        self._request("POST", "/interrupt", {})
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """``POST /interrupt``: stop the running prompt (only if it is ``prompt_id``, when given) at
+        its next interrupt check (before each node, and at each sampler progress update)."""
+        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {})
+
+    def cancel(self, prompt_id: str) -> None:
+        """Drop a prompt from the pending queue (if still queued) and interrupt it (if running)."""
+        self._request("POST", "/queue", {"delete": [prompt_id]})
+        self.interrupt(prompt_id)
 
     def queue(self) -> dict:
         return self.get_json("/queue")

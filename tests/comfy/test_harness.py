@@ -299,7 +299,23 @@ def test_server_interrupt_stops_a_long_prompt(server, v_files):
     while not server.queue()["queue_running"] and time.monotonic() - t0 < 20:
         time.sleep(0.05)
     time.sleep(0.5)
-    server.interrupt()
+    server.interrupt(pid)
     res = server.wait(pid, timeout=30)
     assert res.status == "interrupted", res.describe()
     assert time.monotonic() - t0 < 20, "400 steps would take ~50 s: the interrupt must cut it short"
+
+
+def test_server_wait_timeout_cancels_the_prompt(server, v_files):
+    import time
+
+    from tests.comfy.server_harness import txt2img_core_prompt
+
+    pid = server.queue_prompt(txt2img_core_prompt(v_files.unets["v"], v_files.vaes["v"], seed=8, steps=400))
+    t0 = time.monotonic()
+    while not server.queue()["queue_running"] and time.monotonic() - t0 < 20:
+        time.sleep(0.05)
+    with pytest.raises(TimeoutError, match="cancelled"):
+        server.wait(pid, timeout=0.5)
+    res = server.wait(pid, timeout=30)
+    assert res.status == "interrupted", res.describe()
+    assert not server.queue()["queue_running"] and not server.queue()["queue_pending"]
