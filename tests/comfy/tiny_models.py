@@ -28,9 +28,10 @@ Gotchas, all found in ComfyUI 0.3.64 (``comfy/model_detection.py``, ``comfy/supp
   ``std(output_blocks.11.1.transformer_blocks.0.norm1.bias) > 0.09``. The key needs >= 12 output
   blocks (one level with 11 res blocks gives 12) with a transformer on output block 11; we give
   that bias std 0.2. 72.9 M parameters (the 12 output res blocks at 320 channels dominate); a
-  forward of a 2x4x8x8 batch takes ~0.12 s on one CPU thread (eps: 0.03 s, flow: < 0.01 s). ``v_patched`` is the cheap alternative
-  (the 16 M ``eps`` UNet + ComfyUI's own ``ModelSamplingDiscrete(v_prediction)`` object patch,
-  which is also exactly how users run v-models that are not auto-detected).
+  forward of a 2x4x8x8 batch takes ~0.12 s on one CPU thread (eps: 0.03 s, flow: < 0.01 s).
+  ``v_patched`` is the cheap alternative (the 16 M ``eps`` UNet + ComfyUI's own
+  ``ModelSamplingDiscrete(v_prediction)`` object patch, which is also exactly how users run
+  v-models that are not auto-detected).
 * **UNet output blocks are listed in reverse:** ``UNetModel`` consumes ``transformer_depth_output``
   with ``pop()``, so the transformer of output block 11 is the *first* list entry.
 * **SD3 MMDiT is genuinely tiny:** ``depth = x_embedder.proj.weight.shape[0] // 64`` (hidden =
