@@ -207,9 +207,19 @@ def load_clip_folder(folder: str | os.PathLike, dtype="fp32") -> ClipBundle:
     dtype = _dtype(dtype)
     if kind == "open_clip":
         import open_clip
+        from open_clip.factory import _find_checkpoint_in_dir
 
+        checkpoint = _find_checkpoint_in_dir(folder)
+        if checkpoint is None:  # open_clip would silently return a random model
+            raise WeightsFileError(f"{folder} has {OPEN_CLIP_CONFIG} but no weights file "
+                                   f"(.safetensors, .bin or .pth) beside it")
         spec = f"local-dir:{folder}"
-        model = open_clip.create_model(spec, device="cpu", weights_only=True)
+        with _quiet_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(spec, device="cpu", load_weights=False,
+                                           pretrained_image=False, pretrained_text=False)
+        state = extract_state_dict(load_weights_file(checkpoint, hint="open_clip folder"),
+                                   where=checkpoint)
+        _load_open_clip_state_dict(model, state, checkpoint)
         return _bundle_open_clip(model, open_clip.get_tokenizer(spec), folder.name, dtype)
     if kind == "transformers":
         return _load_hf_clip(folder, dtype)

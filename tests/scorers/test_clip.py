@@ -231,3 +231,27 @@ def test_architecture_guess_from_file_names():
     assert guess_open_clip_arch("open_clip_ViT-B-32_laion2b.safetensors") == "ViT-B-32"
     assert guess_open_clip_arch("vit_l_14_quickgelu_openai.pt") == "ViT-L-14-quickgelu"
     assert guess_open_clip_arch("my_model.safetensors") is None
+
+
+
+def test_open_clip_folder_with_its_config(tmp_path, tiny_open_clip):
+    """A folder laid out like a Hugging Face laion/CLIP-* repository (open_clip_config.json)."""
+    import open_clip
+
+    arch, ckpt, model = tiny_open_clip
+    folder = tmp_path / "tiny-open-clip"
+    folder.mkdir()
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": open_clip.get_model_config(arch),
+         "preprocess_cfg": {"mean": mean, "std": std}}))
+    with pytest.raises(WeightsFileError, match="no weights file"):
+        load_clip_folder(folder)
+    (folder / "open_clip_model.safetensors").write_bytes(ckpt.read_bytes())
+    bundle = load_clip_folder(folder)
+    assert bundle.image.mean == tuple(mean) and bundle.image.std == tuple(std)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.image(x), model.encode_image(normalize(x, mean, std)))
+        tokens = open_clip.get_tokenizer(arch)([PROMPT])
+        torch.testing.assert_close(bundle.text(PROMPT), model.encode_text(tokens)[0])
