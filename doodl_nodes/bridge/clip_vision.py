@@ -135,6 +135,7 @@ def comfy_clip_pooled_embedding(clip, text: str) -> torch.Tensor:
     if pooled is None:
         raise ValueError("the connected CLIP returned no pooled output")
     pooled = plain_tensor(pooled).reshape(-1)
-    if getattr(cond_model, "clip_l", None) is not None and pooled.numel() == CLIP_L_DIM + CLIP_G_DIM:
+    has_l = getattr(cond_model, "clip_l", None) is not None
+    if has_l and pooled.numel() == CLIP_L_DIM + CLIP_G_DIM:
         pooled = pooled[CLIP_L_DIM:]  # SD3: cat(clip_l pooled, clip_g pooled)
     return pooled

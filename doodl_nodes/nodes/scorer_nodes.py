@@ -56,7 +56,8 @@ def _open_clip_downloads() -> list[str]:
         known = set(open_clip.list_pretrained())
     except Exception:  # open_clip missing: files and CLIP_VISION still work
         known = set()
-    return [f"{DOWNLOAD}{arch} / {tag}" for arch, tag in OPEN_CLIP_DOWNLOADS if (arch, tag) in known]
+    return [f"{DOWNLOAD}{arch} / {tag}" for arch, tag in OPEN_CLIP_DOWNLOADS
+            if (arch, tag) in known]
 
 
 def _architectures() -> list[str]:

@@ -103,7 +103,8 @@ class DoodlScorer:
 class CropScorer(DoodlScorer):
     """A scorer whose loss is a per-crop loss at a fixed square input size, reduced per image.
 
-    Subclasses set :attr:`input_size` and implement :meth:`crop_loss` (``(N, 3, S, S)`` -> ``(N,)``);
+    Subclasses set :attr:`input_size` and implement :meth:`crop_loss`
+    (``(N, 3, S, S)`` -> ``(N,)``);
     :meth:`loss` draws the crops and reduces. Subclasses that need several reductions (ensembles)
     override :meth:`reduce_crop_loss`.
     """

@@ -241,7 +241,7 @@ def _hf_preprocess(folder: Path, default_size: int):
 
 
 def _hf_tokenizer(folder: Path, context_length: int):
-    """The folder's tokenizer, or open_clip's CLIP BPE (same ids as CLIPTokenizer) if it has none."""
+    """The folder's tokenizer, else open_clip's CLIP BPE (the same ids as CLIPTokenizer)."""
     if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         from transformers import AutoTokenizer
 

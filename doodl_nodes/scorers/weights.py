@@ -55,7 +55,8 @@ def load_weights_file(path: str | os.PathLike, *, hint: str | None = None) -> An
     if not name.endswith(PICKLE_SUFFIXES):
         raise WeightsFileError(
             f"unsupported weight file type: {where}. Use a .safetensors file, or a PyTorch "
-            f"state dict ({', '.join(PICKLE_SUFFIXES)}) loadable with torch.load(weights_only=True).")
+            f"state dict ({', '.join(PICKLE_SUFFIXES)}) loadable with "
+            f"torch.load(weights_only=True).")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -81,7 +82,7 @@ def _unpickler_detail(exc: BaseException) -> str:
 
 def extract_state_dict(obj: Any, *, where: str = "weight file",
                        keys: tuple[str, ...] = ("state_dict", "model", "module")) -> dict:
-    """Return the tensor mapping inside a checkpoint (``obj['state_dict']`` etc.) or ``obj`` itself."""
+    """The tensor mapping inside a checkpoint (``obj['state_dict']`` etc.), or ``obj`` itself."""
     if isinstance(obj, Mapping):
         for key in keys:
             inner = obj.get(key)

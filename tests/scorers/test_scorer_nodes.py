@@ -60,7 +60,7 @@ def pack_folders(sn, tmp_path, monkeypatch, tiny_open_clip, tiny_hf_folder):
 
 
 def _grad_check(scorer, size=40):
-    """What DOODLOptimize does: autograd-safe weights, then loss on pixels outside inference mode."""
+    """As DOODLOptimize does: autograd-safe weights, then the loss outside inference mode."""
     from doodl_nodes.bridge.autograd import make_autograd_safe
 
     with torch.inference_mode(False), torch.enable_grad():
@@ -80,8 +80,8 @@ def test_every_node_is_documented(sn):
     assert set(sn.NODE_DISPLAY_NAME_MAPPINGS) == set(sn.NODE_CLASS_MAPPINGS)
     for name, cls in sn.NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY == "DOODL/scorers" and cls.RETURN_TYPES == ("DOODL_SCORER",)
-        assert cls.DESCRIPTION and len(cls.OUTPUT_TOOLTIPS) == 1 and callable(getattr(cls,
-                                                                                       cls.FUNCTION))
+        assert cls.DESCRIPTION and len(cls.OUTPUT_TOOLTIPS) == 1
+        assert callable(getattr(cls, cls.FUNCTION))
         spec = cls.INPUT_TYPES()
         for section in spec.values():
             for input_name, (kind, *opts) in section.items():
@@ -129,7 +129,8 @@ def test_dropdowns_and_missing_file_errors(sn, pack_folders):
     message = str(info.value)
     assert "bird.pth.tar" in message and str(pack_folders["root"] / "wsdan") in message
     assert "WS_DAN_PyTorch" in message
-    with torch.inference_mode(), pytest.raises(FileNotFoundError, match="gone.safetensors.*open_clip"):
+    with torch.inference_mode(), pytest.raises(FileNotFoundError,
+                                               match="gone.safetensors.*open_clip"):
         sn.DOODLCLIPTextScorer().build("a fox", "gone.safetensors", "auto", "fp32")
 
 
