@@ -1,0 +1,184 @@
+"""Run our own code inside ComfyUI's guider, with a denoiser made from MODEL + CONDITIONING + cfg.
+
+``run_in_guider`` builds a ``CFGGuider`` on a *clone* of the model and passes it a
+``comfy.samplers.Sampler`` whose ``sample`` calls back into our function (the shape of ComfyUI's own
+``TrainSampler``). The guider does everything architecture-specific: loading the model (and the
+VAE/scorer models attached with ``set_additional_models``), turning CONDITIONING into model inputs
+(SD1 cross-attention, SDXL ``y``, Flux guidance, ...), batching cond and uncond into one call and
+applying CFG (skipping uncond at cfg 1), model patches and wrappers. Inside, ``ChainModel.denoise``
+is ComfyUI's denoiser ``D(z, sigma)`` in model (``process_in``) space.
+
+Autograd inside ComfyUI (comfyui-notes §1): we leave ``inference_mode``, clone the conds, and,
+when gradients are needed, make the loaded weights autograd-safe and frozen every run.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+
+from .autograd import clone_tensor_tree, make_autograd_safe
+from .safety import check_exactness_safe, check_gradient_safe
+
+__all__ = ["ChainModel", "run_in_guider", "PRECISIONS", "model_fingerprint"]
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def _clone_conds(conds: dict) -> dict:
+    """Clone every tensor of the guider's processed conds (including CONDRegular wrappers)."""
+    def clone(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj.detach().clone()
+        if isinstance(obj, dict):
+            return {k: clone(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [clone(v) for v in obj]
+        if hasattr(obj, "cond") and hasattr(obj, "_copy_with"):
+            return obj._copy_with(clone(obj.cond))
+        return obj
+    with torch.inference_mode(False):
+        return {k: clone(v) for k, v in conds.items()}
+
+
+def model_fingerprint(base_model) -> str:
+    """Identity of a loaded model: architecture, sampling, latent format and a weight checksum."""
+    ms = base_model.model_sampling
+    parts = [type(base_model).__name__, type(ms).__name__, type(base_model.latent_format).__name__]
+    sig = getattr(ms, "sigmas", None)
+    if isinstance(sig, torch.Tensor):
+        parts.append(f"{float(sig[0]):.6g}-{float(sig[-1]):.6g}")
+    params = [p for p in base_model.diffusion_model.parameters()]
+    h = hashlib.sha1()
+    for p in params[:2] + params[-2:]:
+        with torch.inference_mode(False), torch.no_grad():
+            h.update(f"{tuple(p.shape)}:{float(p.detach().double().sum()):.10e}".encode())
+    parts.append(h.hexdigest()[:16])
+    return "/".join(parts)
+
+
+@dataclass
+class ChainModel:
+    """What our code gets inside the guider: ComfyUI's denoiser and model objects."""
+
+    model_wrap: Any                 # the CFGGuider (callable: x, sigma_vec, model_options, seed)
+    extra_args: dict
+    sigmas: torch.Tensor            # as given (device tensor)
+    max_denoise: bool
+    precision: str = "bf16"
+    calls: int = 0
+    _autocast: bool = field(default=False, init=False)
+
+    @property
+    def base_model(self):
+        return self.model_wrap.inner_model
+
+    @property
+    def model_sampling(self):
+        return self.base_model.model_sampling
+
+    @property
+    def latent_format(self):
+        return self.base_model.latent_format
+
+    @property
+    def device(self) -> torch.device:
+        return self.sigmas.device
+
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``D(z, sigma)`` with CFG; ``z`` in model space (any float dtype), ``sigma`` 0-d.
+
+        The model is called in float32, like ComfyUI's samplers call it (a float64 input would
+        push CFG and the model-sampling arithmetic into slow float64); the output is returned in
+        ``z``'s dtype. The cast is deterministic, so EDICT stays exactly invertible.
+        """
+        self.calls += 1
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        z_in = z.to(torch.float32) if z.dtype == torch.float64 else z
+        s_in = sigma.reshape(1).to(device=z.device, dtype=z_in.dtype).expand(z.shape[0])
+        ctx = contextlib.nullcontext()
+        if self._autocast and z.requires_grad and torch.is_grad_enabled():
+            ctx = torch.autocast(device_type=z.device.type, dtype=torch.bfloat16)
+        with ctx:
+            out = self.model_wrap(z_in, s_in, **self.extra_args)
+        return out.to(z.dtype)
+
+    def noise_scale(self, sigma: float) -> float:
+        """Scale that makes unit-variance noise a latent at ``sigma`` (1 / calculate_input)."""
+        s = torch.tensor([float(sigma)], dtype=torch.float64, device=self.device)
+        one = torch.ones((1, 1), dtype=torch.float64, device=self.device)
+        return float(1.0 / self.model_sampling.calculate_input(s, one).reshape(()))
+
+    def initial_latent(self, noise: torch.Tensor) -> torch.Tensor:
+        """ComfyUI's starting latent for unit noise at ``sigmas[0]`` (as KSAMPLER builds it, in
+        float32), returned as a float64 state on the model's device."""
+        noise = noise.to(device=self.device, dtype=torch.float32)
+        x = self.model_sampling.noise_scaling(self.sigmas[0].to(torch.float32), noise,
+                                              torch.zeros_like(noise), self.max_denoise)
+        return x.to(torch.float64)
+
+
+class _CallbackSampler(comfy.samplers.Sampler):
+    def __init__(self, fn: Callable[[ChainModel], Any], grad: bool, precision: str,
+                 extra_modules: Sequence[torch.nn.Module]):
+        self.fn = fn
+        self.grad = grad
+        self.precision = precision
+        self.extra_modules = list(extra_modules)
+        self.result = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+               denoise_mask=None, disable_pbar=False):
+        with torch.inference_mode(False):
+            model_wrap.conds = _clone_conds(model_wrap.conds)
+            extra_args = {k: v for k, v in extra_args.items() if k in ("model_options", "seed")}
+            chain = ChainModel(model_wrap, extra_args, clone_tensor_tree(sigmas),
+                               self.max_denoise(model_wrap, sigmas), self.precision)
+            if self.grad:
+                make_autograd_safe([model_wrap.inner_model] + self.extra_modules)
+                chain._autocast = (self.precision == "bf16"
+                                   and model_wrap.inner_model.get_dtype() != torch.bfloat16
+                                   and model_wrap.inner_model.manual_cast_dtype != torch.bfloat16)
+            with contextlib.nullcontext() if self.grad else torch.no_grad():
+                self.result = self.fn(chain)
+            return torch.zeros_like(noise)
+
+
+def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
+                  latent_shape: Sequence[int], fn: Callable[[ChainModel], Any], *,
+                  grad: bool = False, precision: str = "bf16", extra_patchers: Sequence = (),
+                  extra_modules: Sequence[torch.nn.Module] = (), seed: int = 0,
+                  what: str = "EDICT") -> Any:
+    """Call ``fn(chain)`` inside ComfyUI's guider for ``model`` and return what it returns.
+
+    ``latent_shape`` is the model-space latent shape (used by the guider for memory estimates and
+    size-dependent conds). With ``grad=True``: the gradient-safety checks run, the model and the
+    ``extra_patchers`` (VAE, scorer models) are fully loaded, and the weights of the model and of
+    ``extra_modules`` are made autograd-safe and frozen. ``precision`` picks the dtype of the
+    differentiable pass: "bf16" (autocast on the gradient recomputation) or "fp32".
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    (check_gradient_safe if grad else check_exactness_safe)(model, what)
+    mp = model.clone()
+    if grad and precision == "fp32" and mp.model_dtype() != torch.float32:
+        mp.set_model_compute_dtype(torch.float32)
+    if extra_patchers:
+        mp.set_additional_models("doodl", list(extra_patchers))
+    if grad:
+        comfy.model_management.load_models_gpu([mp] + list(extra_patchers), force_full_load=True)
+    guider = comfy.samplers.CFGGuider(mp)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(float(cfg))
+    sampler = _CallbackSampler(fn, grad, precision, extra_modules)
+    with torch.inference_mode(False):
+        zeros = torch.zeros(tuple(latent_shape), dtype=torch.float32)
+        guider.sample(zeros, zeros.clone(), sampler, sigmas.detach().clone(), seed=int(seed),
+                      disable_pbar=True)
+    return sampler.result

@@ -1,0 +1,53 @@
+"""The EDICT_LATENT socket type: an EDICT pair plus what is needed to regenerate from it.
+
+EDICT inversion yields two latents ``(x, y)`` that differ; both are needed for an exact
+reconstruction, and only with the same model, sigmas, p and leapfrog setting. The pair is kept in
+float64 on the CPU, in model (``process_in``) space, at noise level ``sigmas[0]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["EdictLatent", "EdictLatentMismatch"]
+
+
+class EdictLatentMismatch(ValueError):
+    """An EDICT_LATENT used with another model, other sigmas or other EDICT settings."""
+
+
+@dataclass
+class EdictLatent:
+    x: torch.Tensor            # (B, C, h, w) float64 CPU, model space, at sigmas[0]
+    y: torch.Tensor
+    sigmas: torch.Tensor       # float64 CPU, the descending chain it belongs to
+    p: float
+    leapfrog: bool
+    model_key: str             # bridge.chain.model_fingerprint of the model that made it
+    source: str = "inversion"  # "inversion" | "noise" | "doodl"
+
+    def describe(self) -> str:
+        b, c, h, w = self.x.shape
+        return (f"EDICT pair {b}x{c}x{h}x{w} from {self.source}, {self.sigmas.numel() - 1} steps "
+                f"(sigma {float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}), p={self.p}, "
+                f"leapfrog={self.leapfrog}")
+
+    def check_compatible(self, sigmas: torch.Tensor, model_key: str, latent_shape=None,
+                         input_name: str = "edict_latent") -> None:
+        """Raise ``EdictLatentMismatch`` naming the input if regeneration would not be exact."""
+        s = sigmas.detach().to("cpu", torch.float64)
+        if s.shape != self.sigmas.shape or not torch.allclose(s, self.sigmas, rtol=1e-6, atol=1e-9):
+            raise EdictLatentMismatch(
+                f"The {input_name} input was made with other sigmas ({self.sigmas.numel() - 1} steps, "
+                f"{float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}) than the SIGMAS given "
+                f"here ({s.numel() - 1} steps, {float(s[0]):.4g} -> {float(s[-1]):.4g}). Use the same "
+                "scheduler, steps and denoise for inversion and generation.")
+        if model_key != self.model_key:
+            raise EdictLatentMismatch(
+                f"The {input_name} input was made with another model ({self.model_key}) than the one "
+                f"connected here ({model_key}). Invert with the same model (and LoRAs) you generate with.")
+        if latent_shape is not None and tuple(latent_shape[1:]) != tuple(self.x.shape[1:]):
+            raise EdictLatentMismatch(
+                f"The {input_name} input has latent shape {tuple(self.x.shape)}, which does not fit "
+                f"{tuple(latent_shape)}.")

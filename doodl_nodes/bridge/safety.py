@@ -1,0 +1,62 @@
+"""Refuse settings that silently break gradients or EDICT exactness, naming the setting.
+
+- ``--use-sage-attention``: SageAttention is an inference kernel with no backward pass.
+- ``--fast`` fp8 matrix multiplication (``fp8_matrix_mult``): ``torch._scaled_mm`` has no usable
+  backward for our purpose, and fp8 weights quantize activations.
+- cache/skip wrappers (EasyCache, LazyCache, TeaCache, FBCache, ...): they reuse stale model outputs,
+  so the chain is neither the function we differentiate nor exactly invertible.
+Tiled VAE decoding never happens here: the differentiable decode calls the VAE's network directly.
+"""
+from __future__ import annotations
+
+import comfy.cli_args
+
+__all__ = ["UnsafeSettingError", "check_gradient_safe", "check_exactness_safe", "cache_wrappers"]
+
+_CACHE_MARKERS = ("cache", "teacache", "skip", "fbcache", "deepcache", "tgate")
+
+
+class UnsafeSettingError(RuntimeError):
+    """A ComfyUI setting or model patch that would silently break DOODL/EDICT."""
+
+
+def cache_wrappers(model) -> list[str]:
+    """Names of cache/skip wrappers attached to a ModelPatcher or its model_options."""
+    found = []
+    sources = [getattr(model, "wrappers", {}) or {}]
+    topts = (getattr(model, "model_options", {}) or {}).get("transformer_options", {}) or {}
+    sources.append(topts.get("wrappers", {}) or {})
+    for wrappers in sources:
+        for wtype, by_key in wrappers.items():
+            for key, fns in (by_key or {}).items():
+                if fns and any(m in str(key).lower() for m in _CACHE_MARKERS):
+                    found.append(f"{key} ({wtype})")
+    return sorted(set(found))
+
+
+def check_exactness_safe(model, what: str = "EDICT") -> None:
+    """Cache/skip wrappers make the chain non-deterministic in its inputs: refuse them."""
+    wrappers = cache_wrappers(model)
+    if wrappers:
+        raise UnsafeSettingError(
+            f"{what} cannot run on a model patched with a cache/skip wrapper: {', '.join(wrappers)}. "
+            "These reuse stale model outputs, which breaks exact inversion and gradients. Feed this "
+            "node the model from before the EasyCache/LazyCache/TeaCache-style node.")
+
+
+def check_gradient_safe(model, what: str = "DOODL") -> None:
+    """Everything ``check_exactness_safe`` refuses, plus settings without a backward pass."""
+    check_exactness_safe(model, what)
+    args = comfy.cli_args.args
+    if getattr(args, "use_sage_attention", False):
+        raise UnsafeSettingError(
+            f"{what} needs gradients through attention, but ComfyUI was started with "
+            "--use-sage-attention, an inference-only kernel without a backward pass. Restart "
+            "ComfyUI without --use-sage-attention to use this node (EDICT sampling and inversion "
+            "work with it).")
+    fast = getattr(args, "fast", None) or set()
+    if any(getattr(f, "value", f) == "fp8_matrix_mult" for f in fast):
+        raise UnsafeSettingError(
+            f"{what} needs gradients through every layer, but ComfyUI was started with --fast "
+            "fp8 matrix multiplication (fp8_matrix_mult), which has no backward pass. Restart "
+            "ComfyUI without --fast (or with --fast listing only other features).")
