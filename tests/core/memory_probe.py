@@ -39,6 +39,15 @@ def run(mode, steps):
 
 
 def peak_mib():
+    """This process's peak RSS. /proc's VmHWM belongs to the process image; ru_maxrss would be
+    inherited across fork+exec from a large parent (pytest with ComfyUI loaded) and hide growth."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

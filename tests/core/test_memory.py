@@ -1,6 +1,6 @@
 """Peak memory of the chain gradient must not grow with the number of steps (plain autograd does).
 
-Each measurement runs in a fresh subprocess (ru_maxrss is a per-process high-water mark). We assert
+Each measurement runs in a fresh subprocess reading its own peak RSS (VmHWM). We assert
 the scaling, not a machine-specific number: going from 4 to 24 steps, plain autograd's peak grows by
 hundreds of MiB while both constant-memory modes stay within a small fraction of that.
 
