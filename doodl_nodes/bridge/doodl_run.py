@@ -25,7 +25,8 @@ from .progress import Progress, send_event
 from .render import image_strip, loss_plot
 from .vae import check_vae_matches, decode_differentiable
 
-__all__ = ["SCORE_IMAGES", "DoodlRequest", "DoodlOutputs", "run_doodl", "OOM_HELP"]
+__all__ = ["SCORE_IMAGES", "DoodlRequest", "DoodlOutputs", "DoodlOutOfMemory", "run_doodl", "OOM_HELP",
+           "release_scorer"]
 
 log = logging.getLogger("doodl")
 
@@ -33,6 +34,19 @@ SCORE_IMAGES = ("both", "x", "mean")
 OOM_HELP = ("To use less memory: lower num_crops, use a smaller image, enable decoder_checkpointing, "
             "set score_images to 'x' or 'mean' (one decode instead of two), or use "
             "grad_mode 'reversible' with fewer steps.")
+
+
+class DoodlOutOfMemory(RuntimeError):
+    """Out of memory during DOODL; the message lists the knobs that reduce memory."""
+
+
+def release_scorer(scorer) -> None:
+    """Move the scorer's own models back to the offload device (ComfyUI manages its own models):
+    a cached scorer must not keep GPU memory outside ComfyUI's model management between runs."""
+    try:
+        scorer.to(comfy.model_management.unet_offload_device())
+    finally:
+        comfy.model_management.soft_empty_cache()
 
 
 @dataclass
@@ -145,10 +159,14 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
             result = doodl_optimize(chain.denoise, objective, x, chain_sigmas, cfg_run, y=y,
                                     callback=on_iteration, noise_scale=chain.noise_scale,
                                     step_callback=on_step)
-        except comfy.model_management.OOM_EXCEPTION as exc:
+        except torch.cuda.OutOfMemoryError as exc:
+            oom = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        else:
+            oom = None
+        if oom is not None:  # outside the except block, so the exception's frames can be freed
             state["images"] = None
             comfy.model_management.soft_empty_cache(True)
-            raise RuntimeError(f"DOODL ran out of memory: {exc}. {OOM_HELP}") from None
+            raise DoodlOutOfMemory(f"DOODL ran out of memory ({oom}). {OOM_HELP}")
         if not result.losses and result.status == "nonfinite":
             raise RuntimeError("DOODL: the loss or gradient was NaN/inf at the very first iteration, "
                                "so there is no usable iterate. " + " ".join(result.warnings))
@@ -169,9 +187,13 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
 
     extra_patchers = [vae.patcher] + list(scorer.comfy_models())
     extra_modules = [vae.first_stage_model] + list(scorer.modules())
-    final, best, result, pair = run_in_guider(
-        model, positive, negative, cfg, sigmas, shape, fn, grad=True, precision=request.precision,
-        extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL")
+    try:
+        final, best, result, pair = run_in_guider(
+            model, positive, negative, cfg, sigmas, shape, fn, grad=True, precision=request.precision,
+            extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL")
+    finally:
+        state["images"] = None
+        release_scorer(scorer)
 
     for w in result.warnings:
         log.warning("DOODL: %s", w)

@@ -16,6 +16,7 @@ from ..core.crops import CropConfig
 from ..core.guidance import one_step_guided_denoiser
 from .autograd import make_autograd_safe
 from .chain import _clone_conds
+from .doodl_run import release_scorer
 from .safety import check_gradient_safe
 from .vae import check_vae_matches, decode_differentiable
 
@@ -52,15 +53,18 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
         return scorer.loss(images, crops, gen)
 
     guided = one_step_guided_denoiser(denoise, loss_fn, float(scale))
-    with torch.inference_mode(False):
-        z = x.detach().clone()
-        s = sigmas.detach().clone().to(device)
-        for i in range(len(s) - 1):
-            den = guided(z, s[i])
-            d = (z - den.to(z.dtype)) / s[i]
-            if callback is not None:
-                callback({"x": z, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": den})
-            z = z + (s[i + 1] - s[i]) * d
+    try:
+        with torch.inference_mode(False):
+            z = x.detach().clone()
+            s = sigmas.detach().clone().to(device)
+            for i in range(len(s) - 1):
+                den = guided(z, s[i])
+                d = (z - den.to(z.dtype)) / s[i]
+                if callback is not None:
+                    callback({"x": z, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": den})
+                z = z + (s[i + 1] - s[i]) * d
+    finally:
+        release_scorer(scorer)
     return z
 
 
