@@ -17,15 +17,9 @@ def comfy():
 
 
 def _setup(kind="eps", steps=3):
-    import comfy.samplers
-    from tests.comfy.tiny_models import load_tiny_model, tiny_conditioning, tiny_vae
+    from tests.comfy.setups import tiny_setup
 
-    with torch.inference_mode():
-        model = load_tiny_model(kind)
-        vae = tiny_vae(kind)
-        ms = model.get_model_object("model_sampling")
-        sigmas = comfy.samplers.calculate_sigmas(ms, "simple" if kind == "flow" else "karras", steps)
-    return model, vae, tiny_conditioning(kind, seed=1), tiny_conditioning(kind, seed=2), sigmas
+    return tiny_setup(kind, steps)
 
 
 def _scorer():

@@ -14,14 +14,9 @@ pytestmark = pytest.mark.comfyui
 @pytest.fixture(scope="module")
 def setup():
     require_comfyui()
-    import comfy.samplers
-    from tests.comfy.tiny_models import load_tiny_model, tiny_conditioning, tiny_vae
+    from tests.comfy.setups import tiny_setup
 
-    with torch.inference_mode():
-        model = load_tiny_model("eps")
-        vae = tiny_vae("eps")
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 2)
-    return model, vae, tiny_conditioning("eps", seed=1), tiny_conditioning("eps", seed=2), sigmas
+    return tiny_setup("eps", steps=2)
 
 
 class FaultyScorer:
