@@ -1,0 +1,319 @@
+// DOODL live optimization view for ComfyUI's web frontend (served through WEB_DIRECTORY = "./js").
+//
+// On every "DOODL Optimize" node it adds a panel that follows the run while it happens:
+//   * the loss curve (loss per iteration, best-so-far line, best iterate circled),
+//   * the current decoded iterate (ComfyUI's per-iteration JPEG preview of that node),
+//   * a status line (iteration i/N, loss, best loss, scores) and, at the end, the summary
+//     (best iterate, best loss and the scorer's scores at that iterate, status, warnings).
+//
+// Data sources, all sent by the Python side only while a ComfyUI server runs:
+//   "doodl.iteration"          {iteration, iterations, loss, best_loss, grad_norm, scores, node}
+//   "doodl.done"               {losses, best_iteration, best_loss, final_loss, status, warnings, scores, node}
+//   "b_preview_with_metadata"  the ProgressBar preview image, with the id of the node it belongs to
+//   "executed"                 the node's ui output {doodl_losses, doodl_summary} (also for cached runs)
+//
+// Plain ES module, no dependencies: only the app/api objects the frontend provides.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const EXTENSION = "doodl.LiveView";
+const NODE_TYPE = "DOODLOptimize";
+const WIDGET = "doodl_live_view";
+const VIEW_HEIGHT = 330;
+
+const STYLE = `
+.doodl-live { box-sizing: border-box; display: flex; flex-direction: column; gap: 4px; padding: 4px 6px;
+  font: 11px/1.35 ui-monospace, Menlo, Consolas, monospace; color: #ddd; background: #1b1b1f;
+  border: 1px solid #3a3a44; border-radius: 6px; overflow: hidden; height: 100%; }
+.doodl-live .doodl-status { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: #cfd8ff; }
+.doodl-live .doodl-body { display: flex; gap: 6px; flex: 1 1 auto; min-height: 0; }
+.doodl-live canvas.doodl-curve { flex: 1 1 60%; min-width: 0; width: 100%; height: 100%;
+  background: #111116; border-radius: 4px; }
+.doodl-live .doodl-preview { flex: 0 0 40%; display: flex; align-items: center; justify-content: center;
+  background: #111116; border-radius: 4px; min-width: 0; overflow: hidden; }
+.doodl-live .doodl-preview img { max-width: 100%; max-height: 100%; object-fit: contain; image-rendering: auto; }
+.doodl-live .doodl-preview span { color: #777; padding: 4px; text-align: center; }
+.doodl-live .doodl-summary { white-space: pre-wrap; color: #bfe3bf; max-height: 5.6em; overflow: auto; }
+.doodl-live .doodl-summary.doodl-warn { color: #f0d080; }
+`;
+
+function addStyle() {
+  if (document.getElementById("doodl-live-style")) return;
+  const el = document.createElement("style");
+  el.id = "doodl-live-style";
+  el.textContent = STYLE;
+  document.head.appendChild(el);
+}
+
+function fmt(v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "n/a";
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(3) : v.toFixed(4);
+}
+
+function fmtScores(scores) {
+  if (!scores) return "";
+  return Object.entries(scores).map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
+}
+
+class LiveView {
+  constructor(node) {
+    this.node = node;
+    this.root = document.createElement("div");
+    this.root.className = "doodl-live";
+    this.status = document.createElement("div");
+    this.status.className = "doodl-status";
+    const body = document.createElement("div");
+    body.className = "doodl-body";
+    this.canvas = document.createElement("canvas");
+    this.canvas.className = "doodl-curve";
+    this.previewBox = document.createElement("div");
+    this.previewBox.className = "doodl-preview";
+    this.img = document.createElement("img");
+    this.img.alt = "current DOODL iterate";
+    this.placeholder = document.createElement("span");
+    this.placeholder.textContent = "preview of the current iterate";
+    this.previewBox.append(this.placeholder);
+    body.append(this.canvas, this.previewBox);
+    this.summary = document.createElement("div");
+    this.summary.className = "doodl-summary";
+    this.root.append(this.status, body, this.summary);
+    this.previewUrl = null;
+    this.previews = 0;
+    this.reset();
+    if (typeof ResizeObserver !== "undefined") {
+      this.resizer = new ResizeObserver(() => this.draw());
+      this.resizer.observe(this.canvas);
+    }
+  }
+
+  reset(iterations = null) {
+    this.losses = [];       // loss per iteration, in arrival order (index = iteration)
+    this.scores = [];       // scores per iteration
+    this.iterations = iterations;
+    this.best = null;       // {iteration, loss}
+    this.finalLoss = null;
+    this.state = "idle";
+    this.setStatus("DOODL live view: waiting for a run");
+    this.summary.textContent = "";
+    this.summary.classList.remove("doodl-warn");
+    this.sync();
+    this.draw();
+  }
+
+  setStatus(text) {
+    this.status.textContent = text;
+    this.status.title = text;
+  }
+
+  sync() { // state for tests and styling, on the element itself
+    const d = this.root.dataset;
+    d.node = String(this.node.id);
+    d.state = this.state;
+    d.points = String(this.losses.length);
+    d.previews = String(this.previews);
+    d.bestIteration = this.best ? String(this.best.iteration) : "";
+  }
+
+  start() {
+    this.reset();
+    this.state = "running";
+    this.setStatus("DOODL: starting (first iteration = forward + backward through the whole chain)");
+    this.sync();
+  }
+
+  onIteration(d) {
+    if (this.state !== "running" || d.iteration === 0 && this.losses.length > 0) this.start();
+    this.iterations = d.iterations;
+    this.losses[d.iteration] = d.loss;
+    this.scores[d.iteration] = d.scores || {};
+    if (this.best === null || (Number.isFinite(d.loss) && d.loss < this.best.loss)) {
+      this.best = { iteration: d.iteration, loss: d.loss };
+    }
+    const s = fmtScores(d.scores);
+    this.setStatus(`iteration ${d.iteration + 1}/${d.iterations}  loss ${fmt(d.loss)}  best ${fmt(d.best_loss)}` +
+                   `  |grad| ${fmt(d.grad_norm)}${s ? "  " + s : ""}`);
+    this.sync();
+    this.draw();
+  }
+
+  onPreview(blob) {
+    if (this.previewUrl) URL.revokeObjectURL(this.previewUrl);
+    this.previewUrl = URL.createObjectURL(blob);
+    this.img.src = this.previewUrl;
+    if (!this.img.isConnected) this.previewBox.replaceChildren(this.img);
+    this.previews += 1;
+    this.sync();
+  }
+
+  finish(losses, summary) {
+    if (Array.isArray(losses) && losses.length >= this.losses.filter((v) => v !== undefined).length) {
+      this.losses = losses.slice();
+    }
+    const s = summary || {};
+    this.finalLoss = s.final_loss ?? null;
+    const bi = s.best_iteration;
+    if (bi !== undefined && bi !== null) {
+      const loss = s.best_loss ?? (bi < this.losses.length ? this.losses[bi] : this.finalLoss);
+      this.best = { iteration: bi, loss };
+    }
+    this.state = "done";
+    const n = this.losses.length;
+    const where = this.best === null ? "n/a"
+      : this.best.iteration === 0 ? "0 (the start)"
+      : this.best.iteration >= n ? `${this.best.iteration} (the final iterate)` : String(this.best.iteration);
+    const bestScores = this.best && this.scores[this.best.iteration];
+    const lines = [
+      `${s.status || "done"}: best iterate ${where}, best loss ${fmt(this.best ? this.best.loss : null)}`,
+    ];
+    if (bestScores && Object.keys(bestScores).length) lines.push(`scores at the best iterate: ${fmtScores(bestScores)}`);
+    if (s.scores && Object.keys(s.scores).length) lines.push(`scores at the last iteration: ${fmtScores(s.scores)}`);
+    const warnings = s.warnings || [];
+    for (const w of warnings) lines.push(`warning: ${w}`);
+    this.summary.textContent = lines.join("\n");
+    this.summary.classList.toggle("doodl-warn", warnings.length > 0 || (s.status && s.status !== "completed"));
+    this.setStatus(`DOODL ${s.status || "done"}: ${n} iteration${n === 1 ? "" : "s"}`);
+    this.sync();
+    this.draw();
+  }
+
+  draw() {
+    const c = this.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.max(40, Math.floor(c.clientWidth || 240));
+    const h = Math.max(40, Math.floor(c.clientHeight || 160));
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
+      c.width = Math.round(w * dpr);
+      c.height = Math.round(h * dpr);
+    }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = "10px ui-monospace, monospace";
+    ctx.fillStyle = "#8a8aa0";
+    const pts = [];
+    this.losses.forEach((v, i) => { if (Number.isFinite(v)) pts.push([i, v]); });
+    if (this.finalLoss !== null && Number.isFinite(this.finalLoss)) pts.push([this.losses.length, this.finalLoss]);
+    if (!pts.length) {
+      ctx.fillText("loss per iteration", 8, 14);
+      return;
+    }
+    let lo = Math.min(...pts.map((p) => p[1]));
+    let hi = Math.max(...pts.map((p) => p[1]));
+    if (hi - lo < 1e-12) { lo -= 0.5; hi += 0.5; }
+    const L = 44, R = w - 8, T = 14, B = h - 16;
+    const nmax = Math.max(1, (this.iterations ?? 0), pts[pts.length - 1][0]);
+    const X = (i) => L + (R - L) * i / nmax;
+    const Y = (v) => B - (B - T) * (v - lo) / (hi - lo);
+    ctx.strokeStyle = "#3a3a48";
+    ctx.strokeRect(L, T, R - L, B - T);
+    ctx.fillText(fmt(hi), 2, T + 4);
+    ctx.fillText(fmt(lo), 2, B);
+    ctx.fillText("0", L, h - 4);
+    ctx.fillText(String(nmax), R - 16, h - 4);
+    ctx.fillText("loss", L + 4, T - 3);
+    // best-so-far (dashed)
+    ctx.setLineDash([3, 3]);
+    ctx.strokeStyle = "#5fbf7f";
+    ctx.beginPath();
+    let run = Infinity;
+    pts.forEach(([i, v], k) => { run = Math.min(run, v); if (k) ctx.lineTo(X(i), Y(run)); else ctx.moveTo(X(i), Y(run)); });
+    ctx.stroke();
+    ctx.setLineDash([]);
+    // loss
+    ctx.strokeStyle = "#6f9cff";
+    ctx.fillStyle = "#6f9cff";
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    pts.forEach(([i, v], k) => (k ? ctx.lineTo(X(i), Y(v)) : ctx.moveTo(X(i), Y(v))));
+    ctx.stroke();
+    for (const [i, v] of pts) { ctx.beginPath(); ctx.arc(X(i), Y(v), 2, 0, 2 * Math.PI); ctx.fill(); }
+    if (this.best && Number.isFinite(this.best.loss)) {
+      ctx.strokeStyle = "#ff6b6b";
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      ctx.arc(X(this.best.iteration), Y(this.best.loss), 5, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
+    ctx.lineWidth = 1;
+  }
+
+  dispose() {
+    if (this.previewUrl) URL.revokeObjectURL(this.previewUrl);
+    this.resizer?.disconnect();
+  }
+}
+
+function viewFor(id) {
+  // Execution ids are node ids; nodes inside subgraphs report "outer:inner" paths.
+  if (id === null || id === undefined) return undefined;
+  let graph = app.rootGraph ?? app.graph;
+  let node = null;
+  for (const part of String(id).split(":")) {
+    node = graph?.getNodeById?.(part) ?? graph?.getNodeById?.(Number(part));
+    if (!node) return undefined;
+    graph = node.subgraph ?? graph;
+  }
+  return node?.doodlLiveView;
+}
+
+let executingNode = null;
+
+app.registerExtension({
+  name: EXTENSION,
+
+  async setup() {
+    addStyle();
+    api.addEventListener("doodl.iteration", ({ detail }) => viewFor(detail?.node)?.onIteration(detail));
+    api.addEventListener("doodl.done", ({ detail }) => viewFor(detail?.node)?.finish(detail.losses, detail));
+    api.addEventListener("executing", ({ detail }) => {
+      executingNode = detail ?? null;
+      viewFor(detail)?.start();
+    });
+    let withMetadata = false;
+    api.addEventListener("b_preview_with_metadata", ({ detail }) => {
+      withMetadata = true;
+      viewFor(detail?.displayNodeId ?? detail?.nodeId)?.onPreview(detail.blob);
+    });
+    api.addEventListener("b_preview", ({ detail }) => { // servers without preview metadata
+      if (!withMetadata && detail instanceof Blob) viewFor(executingNode)?.onPreview(detail);
+    });
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      const view = new LiveView(this);
+      const widget = this.addDOMWidget(WIDGET, "doodl_live_view", view.root, {
+        serialize: false, // not a setting: never in the workflow file nor in the prompt
+        hideOnZoom: false,
+        getValue: () => "",
+        setValue: () => {},
+        getMinHeight: () => VIEW_HEIGHT,
+        getMaxHeight: () => VIEW_HEIGHT,
+      });
+      widget.serialize = false;
+      this.doodlLiveView = view;
+      const [w, h] = this.size;
+      this.setSize?.([Math.max(w, 420), h]);
+      return r;
+    };
+
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      this.doodlLiveView?.dispose();
+      return onRemoved?.apply(this, arguments);
+    };
+
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output) {
+      const r = onExecuted?.apply(this, arguments);
+      const summary = output?.doodl_summary?.[0];
+      if (summary) this.doodlLiveView?.finish(output.doodl_losses, summary);
+      return r;
+    };
+  },
+});
