@@ -26,6 +26,7 @@ import io
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,22 @@ TINY_CLIP_CFG = {
 }
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
-CLIP_FOLDER = "tiny-open-clip"
+# One set of scorer model files per load-count test (a CLIP folder and a head copy each), so each
+# test's first aesthetic prompt must read its files whatever an earlier test left cached.
+MODEL_SETS = ("inputs", "alternating")
 
 
 # ------------------------------------------------------------------------------------ fixtures
+
+
+@dataclass
+class ScorerFiles:
+    clip_weights: Path  # <folder>/open_clip_model.safetensors
+    head: Path
+
+    @property
+    def backbone(self) -> str:  # the dropdown entry of the folder
+        return self.clip_weights.parent.name + "/"
 
 
 def _write_tiny_open_clip(folder: Path) -> Path:
@@ -76,8 +89,8 @@ def _write_tiny_open_clip(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A private server: the pack, the test-only conditioning node, the tiny eps UNet + TAESD, and
-    models/doodl/{clip,aesthetic} (a second --extra-model-paths-config) holding the tiny open_clip
-    folder and a copy of the real LAION ViT-L/14 linear head."""
+    models/doodl/{clip,aesthetic} (a second --extra-model-paths-config) holding, per MODEL_SETS
+    entry, a tiny open_clip folder and a copy of the real LAION ViT-L/14 linear head."""
     require_comfyui()
     import yaml
 
@@ -86,11 +99,13 @@ def server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("soak_server")
     doodl = workdir / "models" / "doodl"
     (doodl / "aesthetic").mkdir(parents=True)
-    clip_weights = _write_tiny_open_clip(doodl / "clip" / CLIP_FOLDER)
-    head = None
+    scorer_files = {}
     if LAION_L14.is_file():
-        head = doodl / "aesthetic" / LAION_L14.name
-        shutil.copy(LAION_L14, head)
+        for name in MODEL_SETS:
+            clip_weights = _write_tiny_open_clip(doodl / "clip" / f"tiny-open-clip-{name}")
+            head = doodl / "aesthetic" / f"{name}_{LAION_L14.name}"
+            shutil.copy(LAION_L14, head)
+            scorer_files[name] = ScorerFiles(clip_weights, head)
     paths = workdir / "doodl_paths.yaml"
     paths.write_text(yaml.safe_dump({"doodl_soak": {
         "base_path": str(workdir / "models"), "doodl_clip": "doodl/clip",
@@ -101,8 +116,7 @@ def server(tmp_path_factory):
         assert srv.pack_import_errors() == [], srv.log_tail()
         files = srv.add_tiny_models(("eps",))
         srv.files = files
-        srv.clip_weights = clip_weights
-        srv.aesthetic_head = head
+        srv.scorer_files = scorer_files
         yield srv
     finally:
         srv.stop()
@@ -122,9 +136,9 @@ def _prompt(srv, *, seed: int, iterations: int = 2, scorer: dict | None = None,
     return prompt
 
 
-def _aesthetic(srv, goal: str = "maximize", target: float = 10.0) -> dict:
+def _aesthetic(files: ScorerFiles, goal: str = "maximize", target: float = 10.0) -> dict:
     return {"class_type": "DOODLAestheticScorer", "inputs": {
-        "head": srv.aesthetic_head.name, "backbone": CLIP_FOLDER + "/", "architecture": "auto",
+        "head": files.head.name, "backbone": files.backbone, "architecture": "auto",
         "goal": goal, "target": target, "precision": "fp32"}}
 
 
@@ -232,21 +246,22 @@ def test_interrupt_lands_within_a_chain_step_and_next_prompt_is_clean(server):
 # ----------------------------------------------------------------- 3. scorers and model loads
 
 
-def _open_counter(server, tmp_path):
+def _open_counter(server, name: str, tmp_path):
     from tests.reliability import file_opens
 
-    if server.aesthetic_head is None:
+    if name not in server.scorer_files:
         pytest.skip(f"the LAION head {LAION_L14} is missing (../shared beside the checkout)")
+    files = server.scorer_files[name]
     try:
         file_opens.self_test(tmp_path)
-        return file_opens.OpenCounter([server.clip_weights, server.aesthetic_head])
+        return files, file_opens.OpenCounter([files.clip_weights, files.head])
     except file_opens.InotifyUnavailable as exc:
         pytest.skip(f"cannot count file opens: {exc}")
 
 
-def _opens(counter, server) -> tuple[int, int]:
-    c = counter.counts()
-    return c[str(server.clip_weights.resolve())], c[str(server.aesthetic_head.resolve())]
+def _opens(counter, files: ScorerFiles) -> tuple[int, int]:
+    """(opens of the CLIP weights, opens of the head) since the counter started."""
+    return counter.count(files.clip_weights), counter.count(files.head)
 
 
 def _aesthetic_loss_ok(res, goal: str):
@@ -259,16 +274,16 @@ def _aesthetic_loss_ok(res, goal: str):
 
 def test_model_backed_scorer_loads_once_when_its_inputs_change(server, tmp_path):
     """Same graph, other scorer inputs each prompt: the node rebuilds its scorer, not the models."""
-    _run(server, _prompt(server, seed=3))  # a graph without the aesthetic node: drop any cached one
-    with _open_counter(server, tmp_path) as opens:
-        first = _run(server, _prompt(server, seed=3, scorer=_aesthetic(server)))
+    files, counter = _open_counter(server, "inputs", tmp_path)
+    with counter as opens:
+        first = _run(server, _prompt(server, seed=3, scorer=_aesthetic(files)))
         _aesthetic_loss_ok(first, "maximize")
-        assert _opens(opens, server) == (1, 1)  # the signal: the server read each file once
+        assert _opens(opens, files) == (1, 1)  # the signal: the server read each file once
         for target in (5.0, 8.0):
-            res = _run(server, _prompt(server, seed=3, scorer=_aesthetic(server, "target", target)))
+            res = _run(server, _prompt(server, seed=3, scorer=_aesthetic(files, "target", target)))
             assert "7" not in _cached_nodes(res)  # the scorer node ran again with its new inputs
             _aesthetic_loss_ok(res, "target")
-        assert _opens(opens, server) == (1, 1)
+        assert _opens(opens, files) == (1, 1)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -288,14 +303,15 @@ def test_alternating_scorers_load_the_model_backed_one_once(server, tmp_path):
     models in one graph would evict each other every prompt.
     """
     symmetry = {"class_type": "DOODLSymmetryScorer", "inputs": {"axis": "left-right"}}
-    with _open_counter(server, tmp_path) as opens:
+    files, counter = _open_counter(server, "alternating", tmp_path)
+    with counter as opens:
         seen = []
         for round_ in range(3):
             sym = _run(server, _prompt(server, seed=20 + round_, scorer=symmetry))
             assert "symmetry_mse" in sym.outputs["8"]["doodl_summary"][0]["scores"]
-            aes = _run(server, _prompt(server, seed=20 + round_, scorer=_aesthetic(server)))
+            aes = _run(server, _prompt(server, seed=20 + round_, scorer=_aesthetic(files)))
             _aesthetic_loss_ok(aes, "maximize")
-            seen.append(_opens(opens, server))
+            seen.append(_opens(opens, files))
         print(f"\nalternating: (clip weights, head) opens after each round: {seen}")
         assert seen[0] == (1, 1), seen  # the first aesthetic prompt loaded them ...
         assert seen[-1] == (1, 1), seen  # ... and nothing loaded them again

@@ -36,7 +36,8 @@ class WsListener:
         self._thread.start()
         if not self._connected.wait(connect_timeout):
             self.close()
-            raise TimeoutError(f"websocket {self.url} did not connect in {connect_timeout:.0f}s: {self._error}")
+            raise TimeoutError(f"websocket {self.url} did not connect in {connect_timeout:.0f}s: "
+                               f"{self._error}")
         if self._error is not None:
             raise self._error
 
