@@ -2,9 +2,9 @@
 
 Thin glue: model files come from the pack's folders (``bridge.folders``), models are built by
 ``doodl_nodes.scorers`` (no ComfyUI there) and ComfyUI objects are wrapped by
-``bridge.clip_vision``. Loaded models are cached on the node instance, one per model slot, so
-re-running a graph or alternating prompts does not reload them (the ``LoraLoader.loaded_lora``
-pattern). Models are built outside inference mode, so their weights are ordinary tensors.
+``bridge.clip_vision``. Loaded models are cached on the node instance, one per model slot (the
+``LoraLoader.loaded_lora`` pattern), and in a small process-wide LRU (``bridge.model_cache``), so
+re-running a graph or alternating prompts does not reload them. Models are built outside inference mode, so their weights are ordinary tensors.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from ..bridge import folders
 from ..bridge.clip_vision import ComfyCLIPVisionEncoder, comfy_clip_pooled_embedding
+from ..bridge.model_cache import SHARED_MODELS
 from ..scorers.aesthetic import AESTHETIC_HEADS, AestheticScorer, load_aesthetic_head
 from ..scorers.clip import CLIPImageScorer, CLIPTextScorer
 from ..scorers.clip_models import (DTYPES, guess_open_clip_arch, load_clip_folder,
@@ -100,7 +101,9 @@ def _clip_key(entry: str, architecture: str, precision: str):
 
 
 class _ModelCache:
-    """One loaded model per slot, kept on the node instance (``LoraLoader.loaded_lora``)."""
+    """One loaded model per slot on the node instance (``LoraLoader.loaded_lora``), backed by the
+    process-wide ``SHARED_MODELS`` so that a node dropped from the graph and re-created later (as
+    ComfyUI does when prompts alternate) finds its model without reloading it."""
 
     def _cached(self, slot: str, key, load):
         cache = self.__dict__.setdefault("_loaded", {})
@@ -108,8 +111,12 @@ class _ModelCache:
         if hit is not None and hit[0] == key:
             return hit[1]
         cache.pop(slot, None)  # release the old model before loading the new one
-        with torch.inference_mode(False), torch.no_grad():
-            value = load()
+
+        def load_plain():
+            with torch.inference_mode(False), torch.no_grad():
+                return load()
+
+        value = SHARED_MODELS.get((type(self).__name__, slot, key), load_plain)
         cache[slot] = (key, value)
         return value
 

@@ -14,10 +14,10 @@ eps UNet + TAESD, 32x32 images, 2 steps, 2 iterations; numbers from development 
   ``/history`` saying so ~25 ms; no progress event of the node arrived after the interrupt.
 * Load counts (inotify ``IN_OPEN`` on the weight files, see ``file_opens.py``): re-running the
   aesthetic graph with other scorer inputs opens the CLIP weights and the head once in all;
-  alternating with a symmetry graph opens each again every round (3 opens in 3 rounds), because
-  ComfyUI's default (classic) cache drops the scorer node's instance, and with it the model
-  cached on it, as soon as a prompt without that node runs (``test_alternating_scorers...``,
-  xfail: needs a pack fix, see its docstring).
+  alternating with a symmetry graph used to open each again every round (3 opens in 3 rounds),
+  because ComfyUI's default (classic) cache drops the scorer node's instance, and with it the model
+  cached on it, as soon as a prompt without that node runs; the pack's process-wide model cache
+  (``bridge/model_cache.py``) now keeps it (1 open in 3 rounds).
 """
 from __future__ import annotations
 
@@ -286,21 +286,12 @@ def test_model_backed_scorer_loads_once_when_its_inputs_change(server, tmp_path)
         assert _opens(opens, files) == (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pack: scorer_nodes._ModelCache caches models on the node instance, and ComfyUI's default "
-    "(classic) cache drops that instance whenever a prompt without the node runs, so alternating "
-    "workflows reload the model every time; needs a process-wide cache in scorer_nodes"))
 def test_alternating_scorers_load_the_model_backed_one_once(server, tmp_path):
     """Symmetry / aesthetic prompts alternate, 3 rounds: the aesthetic models are read once.
 
-    Measured now: each file is opened once per aesthetic prompt (3, 3). Fix (pack code, in
-    doodl_nodes/nodes/scorer_nodes.py): keep loaded models in a small module-level LRU keyed by
-    (node class, slot, load key) -- the key already holds path, mtime, architecture and precision
-    -- consulted by ``_ModelCache._cached`` before loading, with a bound (e.g. 2-4 entries or a
-    byte budget) so that models of workflows no longer used are eventually freed. The per-instance
-    cache can stay (it pins the models of graphs in use); the module cache only adds reuse across
-    prompts. A per-(class, slot) single entry would not do: two nodes of one class with different
-    models in one graph would evict each other every prompt.
+    Before the pack's process-wide model cache (bridge/model_cache.py) each file was opened once
+    per aesthetic prompt (3, 3): ComfyUI drops the node instance, and the model cached on it, when
+    a prompt without the node runs.
     """
     symmetry = {"class_type": "DOODLSymmetryScorer", "inputs": {"axis": "left-right"}}
     files, counter = _open_counter(server, "alternating", tmp_path)
