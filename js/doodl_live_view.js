@@ -27,7 +27,8 @@ const STYLE = `
   border: 1px solid #3a3a44; border-radius: 6px; overflow: hidden; height: 100%; }
 .doodl-live .doodl-status { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: #cfd8ff; }
 .doodl-live .doodl-body { display: flex; gap: 6px; flex: 1 1 auto; min-height: 0; }
-.doodl-live canvas.doodl-curve { flex: 1 1 60%; min-width: 0; width: 100%; height: 100%;
+.doodl-live .doodl-curve-box { flex: 1 1 60%; min-width: 0; position: relative; }
+.doodl-live canvas.doodl-curve { position: absolute; inset: 0; width: 100%; height: 100%;
   background: #111116; border-radius: 4px; }
 .doodl-live .doodl-preview { flex: 0 0 40%; display: flex; align-items: center; justify-content: center;
   background: #111116; border-radius: 4px; min-width: 0; overflow: hidden; }
@@ -65,8 +66,11 @@ class LiveView {
     this.status.className = "doodl-status";
     const body = document.createElement("div");
     body.className = "doodl-body";
+    const curveBox = document.createElement("div");
+    curveBox.className = "doodl-curve-box";
     this.canvas = document.createElement("canvas");
     this.canvas.className = "doodl-curve";
+    curveBox.append(this.canvas);
     this.previewBox = document.createElement("div");
     this.previewBox.className = "doodl-preview";
     this.img = document.createElement("img");
@@ -74,7 +78,7 @@ class LiveView {
     this.placeholder = document.createElement("span");
     this.placeholder.textContent = "preview of the current iterate";
     this.previewBox.append(this.placeholder);
-    body.append(this.canvas, this.previewBox);
+    body.append(curveBox, this.previewBox);
     this.summary = document.createElement("div");
     this.summary.className = "doodl-summary";
     this.root.append(this.status, body, this.summary);
@@ -82,8 +86,13 @@ class LiveView {
     this.previews = 0;
     this.reset();
     if (typeof ResizeObserver !== "undefined") {
-      this.resizer = new ResizeObserver(() => this.draw());
-      this.resizer.observe(this.canvas);
+      // the canvas is absolutely positioned, so redrawing it never changes the observed layout
+      this.resizer = new ResizeObserver(() => {
+        if (this.drawPending) return;
+        this.drawPending = true;
+        requestAnimationFrame(() => { this.drawPending = false; this.draw(); });
+      });
+      this.resizer.observe(curveBox);
     }
   }
 
@@ -151,7 +160,7 @@ class LiveView {
       this.losses = losses.slice();
     }
     const s = summary || {};
-    this.finalLoss = s.final_loss ?? null;
+    if (s.final_loss !== undefined) this.finalLoss = s.final_loss; // "executed" carries no final loss
     const bi = s.best_iteration;
     if (bi !== undefined && bi !== null) {
       const loss = s.best_loss ?? (bi < this.losses.length ? this.losses[bi] : this.finalLoss);
@@ -162,12 +171,10 @@ class LiveView {
     const where = this.best === null ? "n/a"
       : this.best.iteration === 0 ? "0 (the start)"
       : this.best.iteration >= n ? `${this.best.iteration} (the final iterate)` : String(this.best.iteration);
+    const lines = [`${s.status || "done"}: best iterate ${where} of 0..${n}, loss ${fmt(this.best ? this.best.loss : null)}`];
     const bestScores = this.best && this.scores[this.best.iteration];
-    const lines = [
-      `${s.status || "done"}: best iterate ${where}, best loss ${fmt(this.best ? this.best.loss : null)}`,
-    ];
-    if (bestScores && Object.keys(bestScores).length) lines.push(`scores at the best iterate: ${fmtScores(bestScores)}`);
-    if (s.scores && Object.keys(s.scores).length) lines.push(`scores at the last iteration: ${fmtScores(s.scores)}`);
+    if (bestScores && Object.keys(bestScores).length) lines.push(`scores there: ${fmtScores(bestScores)}`);
+    else if (s.scores && Object.keys(s.scores).length) lines.push(`last scores: ${fmtScores(s.scores)}`);
     const warnings = s.warnings || [];
     for (const w of warnings) lines.push(`warning: ${w}`);
     this.summary.textContent = lines.join("\n");

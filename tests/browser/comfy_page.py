@@ -16,7 +16,8 @@ CAPTURE_ERRORS = r"""
   window.__doodlErrors = [];
   const push = (kind, msg) => window.__doodlErrors.push(kind + ": " + String(msg).slice(0, 2000));
   window.addEventListener("error", (e) => push("error", e.message || e));
-  window.addEventListener("unhandledrejection", (e) => push("rejection", (e.reason && (e.reason.stack || e.reason.message)) || e.reason));
+  window.addEventListener("unhandledrejection",
+    (e) => push("rejection", (e.reason && (e.reason.stack || e.reason.message)) || e.reason));
   const ce = console.error.bind(console);
   console.error = (...a) => { push("console.error", a.map((x) => (x && x.stack) || String(x)).join(" ")); ce(...a); };
 })();
@@ -82,9 +83,19 @@ def export(browser) -> tuple[dict, dict]:
     return data["workflow"], data["output"]
 
 
-def fit_view(browser) -> None:
+def fit_view(browser, timeout: float = 5.0) -> None:
+    """Fit the graph in the canvas (the frontend animates this: wait until the view is still)."""
     browser.run_async("await app.extensionManager.command.execute('Comfy.Canvas.FitView');"
-                      "app.canvas.setDirty(true, true);"
+                      "app.canvas.setDirty(true, true);")
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        view = browser.run_async("await new Promise((r) => setTimeout(r, 120));"
+                                 "return JSON.stringify([app.canvas.ds.scale, app.canvas.ds.offset]);")
+        if view == last:
+            break
+        last = view
+    browser.run_async("app.canvas.setDirty(true, true);"
                       "await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));")
 
 

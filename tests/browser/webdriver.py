@@ -142,8 +142,8 @@ class Chromium:
             except ValueError:
                 value = {"message": body.decode("utf-8", "replace")}
             msg = value.get("message", "") if isinstance(value, dict) else str(value)
-            raise WebDriverError(f"{method} {path}: {value.get('error', e.code) if isinstance(value, dict) else e.code}: "
-                                 f"{msg[:3000]}") from None
+            kind = value.get("error", e.code) if isinstance(value, dict) else e.code
+            raise WebDriverError(f"{method} {path}: {kind}: {msg[:3000]}") from None
         return json.loads(body).get("value") if body else None
 
     def _cmd(self, method: str, path: str, payload=None, timeout: float = 90.0):

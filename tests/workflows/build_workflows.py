@@ -118,6 +118,7 @@ def build(names: list[str] | None = None) -> list[str]:
     written = []
     with WorkflowServer(frontend="real") as server, Chromium(width=1920, height=1300) as browser:
         comfy_page.open_comfy(browser, server)
+        startup_errors = set(comfy_page.errors(browser))  # the frontend's own, before any workflow
         for wf in todo:
             t0 = time.monotonic()
             spec = {"name": wf.name, "nodes": [dataclasses.asdict(n) for n in wf.nodes]}
@@ -138,9 +139,10 @@ def build(names: list[str] | None = None) -> list[str]:
                     break
                 quality -= 10
             (WORKFLOWS_DIR / f"{wf.name}.jpg").write_bytes(jpg)
-            problems = comfy_page.dialogs(browser) + comfy_page.errors(browser)
+            problems = comfy_page.dialogs(browser) + [e for e in comfy_page.errors(browser) if e not in startup_errors]
             print(f"{wf.name}: {len(workflow['nodes'])} nodes, {len(prompt)} API nodes, thumbnail "
-                  f"{len(jpg) // 1024} KB, {time.monotonic() - t0:.1f}s" + (f"  PROBLEMS: {problems}" if problems else ""))
+                  f"{len(jpg) // 1024} KB, {time.monotonic() - t0:.1f}s"
+                  + (f"  PROBLEMS: {problems}" if problems else ""))
             written.append(wf.name)
     return written
 

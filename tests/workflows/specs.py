@@ -103,7 +103,7 @@ def _outputs(prefix: str, col: int = 4):
 
 TEXT_PROMPT = "A small blue book sitting on a large red book."
 
-text_to_image = Workflow("doodl_1_text_to_image_clip", "DOODL text-to-image with a CLIP text scorer", [
+text_to_image = Workflow("doodl1_text_to_image", "DOODL text-to-image with a CLIP text scorer", [
     _note("note", "## DOODL: text-to-image, CLIP text scorer\n\n"
           "DOODL optimizes the *starting noise* so the final image matches the prompt under CLIP "
           "(paper section 5.1, a DrawBench prompt). The prompt node feeds both the text encoder and "
@@ -123,7 +123,7 @@ text_to_image = Workflow("doodl_1_text_to_image_clip", "DOODL text-to-image with
 
 # --------------------------------------------------------------------------------- 2. aesthetic
 
-aesthetic_edit = Workflow("doodl_2_aesthetic_photo_editing", "DOODL aesthetic editing of a photo", [
+aesthetic_edit = Workflow("doodl2_aesthetic_edit", "DOODL aesthetic editing of a photo", [
     _note("note", "## DOODL: aesthetic editing of a photo\n\n"
           "Paper section 5.3 / the released demo: invert the photo exactly with EDICT, then optimize "
           "the inverted noise pair toward aesthetic score 10 with an **empty prompt** (CFG 1: the "
@@ -161,7 +161,7 @@ aesthetic_edit = Workflow("doodl_2_aesthetic_photo_editing", "DOODL aesthetic ed
 
 PERSONAL_PROMPT = "A drawing of a girl wearing sunglasses on the beach."
 
-personalization = Workflow("doodl_3_personalization_clip_image", "DOODL personalization with a CLIP image ensemble", [
+personalization = Workflow("doodl3_personalization", "DOODL personalization with a CLIP image ensemble", [
     _note("note", "## DOODL: personalization with a reference image\n\n"
           "Paper section 5.4: the CLIP *image* ensemble (ViT-B/32, L/14, g/14 weighted 0.5/0.25/0.25) "
           "pulls the generation toward the reference image(s) while the prompt sets the scene. "
@@ -189,7 +189,7 @@ personalization = Workflow("doodl_3_personalization_clip_image", "DOODL personal
 
 WSDAN_PROMPT = "A Brabancon Griffon, a type of dog"
 
-fine_grained = Workflow("doodl_4_fine_grained_wsdan", "DOODL fine-grained vocabulary expansion with WS-DAN", [
+fine_grained = Workflow("doodl4_fine_grained", "DOODL fine-grained vocabulary expansion with WS-DAN", [
     _note("note", "## DOODL: fine-grained vocabulary expansion (WS-DAN)\n\n"
           "Paper section 5.2: Stable Diffusion often draws a generic dog for a rare breed. A WS-DAN "
           "classifier trained on Stanford Dogs steers the noise toward the breed. Settings from the "
@@ -213,7 +213,7 @@ fine_grained = Workflow("doodl_4_fine_grained_wsdan", "DOODL fine-grained vocabu
 
 INVERSION_PROMPT = "A child's drawing of a girl with big yellow hair in a pink dress."
 
-inversion = Workflow("doodl_5_edict_inversion_round_trip", "EDICT exact inversion round trip", [
+inversion = Workflow("doodl5_edict_inversion", "EDICT exact inversion round trip", [
     _note("note", "## EDICT: exact inversion round trip\n\n"
           "EDICT Inversion turns the encoded image into the noise pair that regenerates it; EDICT "
           "Generate with the same model, prompt, CFG, sigmas and p rebuilds the latent to float64 "
@@ -255,7 +255,7 @@ inversion = Workflow("doodl_5_edict_inversion_round_trip", "EDICT exact inversio
 
 COMPARE_PROMPT = "A blue bird and a brown bear."
 
-comparison = Workflow("doodl_6_doodl_vs_one_step_vs_plain", "DOODL vs one-step guidance vs plain sampling", [
+comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plain sampling", [
     _note("note", "## DOODL vs one-step guidance vs plain sampling\n\n"
           "All four images start from the **same seed** (the noise is drawn exactly like ComfyUI's "
           "samplers):\n\n"
