@@ -3,7 +3,8 @@
 Needs ComfyUI (``COMFYUI_PATH``), the ``comfyui_frontend_package`` wheel ComfyUI serves, and
 Debian's ``chromium`` + ``chromium-driver``; skips with the reason otherwise (CI has none of them).
 
-Checked: the extension registers and its script is served; the pack's six workflows are listed in
+Checked: the extension registers and its script is served; the frontend's node definitions carry
+each pack node's description and a tooltip for every input; the pack's six workflows are listed in
 the frontend's template browser with their thumbnails; each workflow loads (from the template URL,
 as the browser does) with no error dialog, no missing node, no new JavaScript error, and exports
 exactly its committed API twin; the live view appears on DOODL Optimize and updates during a short
@@ -97,6 +98,18 @@ def test_extension_registers(browser, server):
     assert all(KNOWN_FRONTEND_STARTUP_ERROR in e for e in browser.startup_errors), browser.startup_errors
     assert comfy_page.dialogs(browser) == []
     print(f"frontend ready in {browser.ready_s:.1f}s")
+
+
+def test_node_help_reaches_the_frontend(browser):
+    """The frontend's node definitions carry each pack node's description and input tooltips."""
+    help_ = json.loads(browser.execute(
+        "const out = {}; for (const id of arguments[0]) { const d = LiteGraph.registered_node_types[id]?.nodeData;"
+        " out[id] = d ? {description: d.description, untipped: Object.values(d.inputs || {})"
+        ".filter((i) => !i.tooltip).map((i) => i.name)} : null; } return JSON.stringify(out);",
+        sorted(wt.pack_node_ids())))
+    for node_id, info in help_.items():
+        assert info is not None, f"{node_id} is not registered in the frontend"
+        assert len(info["description"] or "") > 40 and info["untipped"] == [], (node_id, info)
 
 
 def test_template_browser_lists_the_workflows(browser, server, shots):
