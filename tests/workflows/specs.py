@@ -110,8 +110,9 @@ text_to_image = Workflow("doodl1_text_to_image", "DOODL text-to-image with a CLI
           "the scorer.\n\n" + MODELS_NOTE +
           f"- `models/doodl/clip/{CLIP_G14}`: a copy of the Hugging Face repository "
           "`laion/CLIP-ViT-g-14-laion2B-s12B-b42K` (what DOODL uses), or any CLIP in the dropdown\n\n"
-          "Each iteration costs about three EDICT sampling runs: 20 iterations at 50 steps take "
-          "minutes on a large GPU. Lower `steps` or use `start_step` for quicker tries."),
+          "Each iteration costs about three EDICT sampling runs (forward, recompute, backward), so "
+          "20 iterations cost about 60 sampling runs. Lower `steps` or raise `start_step` for "
+          "quicker tries."),
     *_sd15(TEXT_PROMPT),
     Node("latent", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, col=1),
     Node("scorer", "DOODLCLIPTextScorer", {"prompt": TEXT_PROMPT, "clip_model": CLIP_G14, "precision": "bf16"},
@@ -166,7 +167,7 @@ personalization = Workflow("doodl3_personalization", "DOODL personalization with
           "Paper section 5.4: the CLIP *image* ensemble (ViT-B/32, L/14, g/14 weighted 0.5/0.25/0.25) "
           "pulls the generation toward the reference image(s) while the prompt sets the scene. "
           "Settings from the released demo: lr 3, clip 3e-3, cut power 0.06, no perturbation "
-          "(the demo ran 500 iterations; 50 already moves the subject).\n\n"
+          "(the demo ran 500 iterations; 50 is a practical start).\n\n"
           "Use your own reference images (a batch works: their mean embedding is the target).\n\n"
           + MODELS_NOTE +
           "- `models/doodl/clip/`: copies of the Hugging Face repositories "
