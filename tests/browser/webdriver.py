@@ -14,10 +14,11 @@ Usage::
 Everything is loopback only: chromedriver listens on 127.0.0.1, chromium runs with the flags in
 ``CHROMIUM_FLAGS`` (no background networking, no component updates, no sync, no QUIC) and a fresh
 ``--user-data-dir`` that is deleted at the end. Only the processes started here are stopped, by
-their pid.
+their pid (also at interpreter exit, if a caller forgot).
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -65,8 +66,9 @@ class Chromium:
         self.extra_flags = list(extra_flags)
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.profile = Path(tempfile.mkdtemp(prefix="doodl_chromium_profile_"))
-        self.log_path = log_path or (self.profile.parent / (self.profile.name + "_chromedriver.log"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="doodl_chromium_"))  # profile + log, removed by quit()
+        self.profile = self.tmp / "profile"
+        self.log_path = log_path or (self.tmp / "chromedriver.log")
         self.driver: subprocess.Popen | None = None
         self.session: str | None = None
 
@@ -86,8 +88,9 @@ class Chromium:
             except (urllib.error.URLError, ConnectionError, OSError, WebDriverError):
                 pass
             if self.driver.poll() is not None or time.monotonic() > deadline:
+                tail = self._log_tail()
                 self.quit()
-                raise WebDriverError(f"chromedriver did not start (see {self.log_path})")
+                raise WebDriverError(f"chromedriver did not start:\n{tail}")
             time.sleep(0.05)
         args = CHROMIUM_FLAGS + [f"--user-data-dir={self.profile}",
                                  f"--window-size={self.width},{self.height}"] + self.extra_flags
@@ -97,9 +100,11 @@ class Chromium:
         }}}
         try:
             self.session = self._call("POST", "/session", caps, timeout=timeout)["sessionId"]
-        except Exception:
+        except Exception as exc:
+            tail = self._log_tail()
             self.quit()
-            raise
+            raise WebDriverError(f"chromium did not start: {exc}\n{tail}") from None
+        atexit.register(self.quit)
         self._cmd("POST", "/timeouts", {"script": 60_000, "pageLoad": 60_000, "implicit": 0})
         return self
 
@@ -119,7 +124,13 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        shutil.rmtree(self.profile, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def __enter__(self):
         return self.start()
