@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="EDICT sampling steps")
     p.add_argument("--iterations", type=int, default=None, help="DOODL iterations")
     p.add_argument("--scales", default=None, help="comma-separated one-step guidance scales to sweep")
+    p.add_argument("--lrs", default=None,
+                   help="comma-separated DOODL learning rates (several: chosen on validation seeds)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads while the demo runs (default 1: the networks are tiny, and "
                         "more threads only help on an idle machine; 0 keeps torch's default)")
@@ -66,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seeds": args.seeds, "steps": args.steps, "iterations": args.iterations,
         "targets": tuple(int(t) for t in args.targets.split(",")) if args.targets else None,
         "guidance_scales": tuple(float(v) for v in args.scales.split(",")) if args.scales else None,
+        "lrs": tuple(float(v) for v in args.lrs.split(",")) if args.lrs else None,
     }
     try:
         settings = preset(name, **overrides)

@@ -131,7 +131,7 @@ def run_one_step(denoise, loss: GuideLoss, noise: torch.Tensor, sigmas: torch.Te
 
 
 def run_doodl(denoise, loss: GuideLoss, noise: torch.Tensor, sigmas: torch.Tensor,
-              config: DoodlConfig, *, show_progress: bool = True) -> Generation:
+              config: DoodlConfig, *, show_progress: bool = True, desc: str = "DOODL") -> Generation:
     """DOODL: optimize the EDICT starting noise so that the *final* images minimize the guiding
     classifier's cross-entropy, ``0.5 * (CE(x0) + CE(y0))`` summed over the batch (each image's
     gradient is its own: clip, momentum, tying and renormalization act per element / per image).
@@ -151,7 +151,7 @@ def run_doodl(denoise, loss: GuideLoss, noise: torch.Tensor, sigmas: torch.Tenso
 
     per_image = []
     t0 = time.perf_counter()
-    with progress(config.iterations, "DOODL", disable=not show_progress) as bar:
+    with progress(config.iterations, desc, disable=not show_progress) as bar:
         def callback(info) -> None:
             with torch.no_grad():
                 ce = 0.5 * (guide_losses(loss.guide, info.x0, loss.targets)

@@ -16,7 +16,7 @@ def _method_label(name: str, results: dict) -> str:
         c = results["chosen_one_step"]
         return f"one-step guidance (scale {c['scale']:g}{', crops' if c['crops'] else ''})"
     if name == "doodl":
-        return f"DOODL ({results['settings']['iterations']} iterations)"
+        return f"DOODL ({results['settings']['iterations']} iterations, lr {results['chosen_doodl']['lr']:g})"
     return LABELS[name]
 
 
@@ -38,7 +38,7 @@ def summary_lines(results: dict) -> list[str]:
         f"- Cost: DOODL spent {d['cost_vs_unguided'] / max(o['cost_vs_unguided'], 1e-12):.0f}x the model "
         f"evaluations of one-step guidance per image ({d['forward_per_image']:.0f} forward + "
         f"{d['backward_per_image']:.0f} backward vs {o['forward_per_image']:.0f} + "
-        f"{o['backward_per_image']:.0f}), not counting the baseline's sweep.",
+        f"{o['backward_per_image']:.0f}), not counting the validation sweeps.",
         f"- Transfer: the guiding classifier itself rates DOODL {d['guide_accuracy']:.3f} and one-step "
         f"{o['guide_accuracy']:.3f} correct, the held-out evaluator {d['eval_accuracy']:.3f} and "
         f"{o['eval_accuracy']:.3f}; the gap is guidance that satisfies the guide but not the evaluator.",
@@ -99,10 +99,22 @@ def results_markdown(results: dict) -> str:
     out += ["", f"The sweep cost {sweep_fwd:.0f} forward + {sweep_bwd:.0f} backward evaluations per "
             "validation image in all.", ""]
 
+    if results.get("doodl_sweep"):
+        out += [f"## DOODL learning-rate sweep (same validation seeds)", "",
+                "| lr | held-out acc. | per-class FD | guide acc. | guide CE first -> last iteration |",
+                "|---|---|---|---|---|"]
+        for r in results["doodl_sweep"]:
+            mark = " (chosen)" if r["lr"] == results["chosen_doodl"]["lr"] else ""
+            out.append(f"| {r['lr']:g}{mark} | {r['eval_accuracy']:.3f} | {r['fd_per_class']:.2f} "
+                       f"| {r['guide_accuracy']:.3f} | {r['guide_ce_first']:.2f} -> {r['guide_ce_last']:.2f} |")
+        out += ["", f"The sweep cost {sum(r['forward_per_image'] for r in results['doodl_sweep']):.0f} "
+                f"forward + {sum(r['backward_per_image'] for r in results['doodl_sweep']):.0f} backward "
+                "evaluations per validation image in all.", ""]
+
     dl = results["doodl"]
     losses = dl["guide_ce"]
     out += ["## DOODL", "",
-            f"Settings: {s['iterations']} iterations, lr {s['lr']:g}, clip {s['clip']:g}, momentum "
+            f"Settings: {s['iterations']} iterations, lr {results['chosen_doodl']['lr']:g}, clip {s['clip']:g}, momentum "
             f"{s['momentum']:g}, perturbation {s['perturbation']:g}, renormalized, tied latents; loss = "
             f"guide cross-entropy{' over ' + str(s['num_crops']) + ' crops (' + s['crop_reduction'] + ')' if s['num_crops'] else ''}. "
             f"Status: {dl['status']}.",

@@ -52,7 +52,7 @@ class DemoSettings:
     crop_canvas: int = 16
     # DOODL (core.optimize.DoodlConfig); paper structure, lr and clip scaled to 64-pixel noise
     iterations: int = 50
-    lr: float = 0.01
+    lrs: tuple = (0.01, 0.03)      # DOODL learning rates; several = chosen on the validation seeds
     clip: float = 0.1
     momentum: float = 0.9
     perturbation: float = 1e-4
@@ -81,6 +81,7 @@ class DemoSettings:
         d = asdict(self)
         d["targets"] = list(self.targets)
         d["guidance_scales"] = list(self.guidance_scales)
+        d["lrs"] = list(self.lrs)
         return d
 
     def validate(self) -> None:
@@ -94,6 +95,8 @@ class DemoSettings:
             raise ValueError("steps and iterations must be >= 1")
         if not self.guidance_scales:
             raise ValueError("guidance_scales must not be empty")
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"lrs must be positive learning rates, got {self.lrs}")
 
 
 PRESETS = {
@@ -101,13 +104,14 @@ PRESETS = {
     "tiny": DemoSettings(name="tiny", den_width=32, den_depth=1, den_steps=60, den_batch=128,
                          den_ema=0.9, cls_epochs=2, steps=4, targets=(0, 1, 7), seeds=2,
                          val_seeds=2, guidance_scales=(1.0, 3.0), num_crops=2, iterations=4,
-                         lr=0.05, clip=0.1),
+                         lrs=(0.02, 0.05), clip=0.1),
     # under 5 minutes on a 2-core CPU, training included
     "quick": DemoSettings(name="quick"),
     # for a GPU: a longer-trained, larger denoiser, 50 sampling steps, 4x the seeds
     "full": DemoSettings(name="full", den_width=512, den_depth=4, den_steps=20000, cls_epochs=100,
                          steps=50, seeds=64, val_seeds=16,
-                         guidance_scales=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0)),
+                         guidance_scales=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+                         lrs=(0.003, 0.01, 0.03, 0.1)),
 }
 
 

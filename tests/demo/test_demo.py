@@ -94,6 +94,7 @@ def test_model_evaluation_counts(runs):
     # checkpoint mode: forward pass + one recompute per step, one VJP per call; plus the final sample
     assert m["doodl"]["forward_per_image"] == s.iterations * 2 * chain + chain
     assert m["doodl"]["backward_per_image"] == s.iterations * chain
+    assert len(first["doodl_sweep"]) == len(s.lrs) and first["chosen_doodl"]["lr"] in s.lrs
 
 
 def test_same_seed_same_numbers(runs):
