@@ -44,6 +44,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1024 ** 3
@@ -117,6 +118,19 @@ def unload_all():
     mm.soft_empty_cache(True)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def compile_env(on: bool):
+    old = os.environ.get("DOODL_TORCH_COMPILE")
+    os.environ["DOODL_TORCH_COMPILE"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DOODL_TORCH_COMPILE", None)
+        else:
+            os.environ["DOODL_TORCH_COMPILE"] = old
 
 
 @contextlib.contextmanager
@@ -292,7 +306,7 @@ def iteration_clock(record: dict):
 
 def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="checkpoint", score_images="both",
                     decoder_ckpt=False, graphs=True, precision="bf16", model_patcher=None, crops=None,
-                    label="", scorer=None):
+                    label="", scorer=None, shadow_cl=True, compile=False):
     from doodl_nodes.bridge.chain import LAST_RUN_GRAPH_STATS
     from doodl_nodes.bridge.doodl_run import DoodlRequest, run_doodl
     from doodl_nodes.core.crops import CropConfig
@@ -303,19 +317,23 @@ def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="check
     cfgd = DoodlConfig(iterations=iterations, grad_mode=grad_mode, seed=0, evaluate_final=False)
     req = DoodlRequest(config=cfgd, crops=crops or CropConfig(), score_images=score_images, precision=precision,
                        decoder_checkpointing=decoder_ckpt, strip_frames=2)
+    from doodl_nodes.bridge import chain as chain_mod
+
     unload_all()
     rec: dict = {}
     reset_peak()
     t0 = time.perf_counter()
-    with graphs_env(graphs), iteration_clock(rec), torch.inference_mode():
+    chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = shadow_cl
+    with graphs_env(graphs), compile_env(compile), iteration_clock(rec), torch.inference_mode():
         run_doodl(m, ctx["vae"], ctx["pos"], ctx["neg"], ctx["cfg"], sig, scorer or ctx["scorer"], req,
                   latent={"samples": torch.zeros(ctx["latent_shape"])}, seed=0)
     total = time.perf_counter() - t0
+    chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = True
     ts = rec["t"]
     per_iter = [b - a for a, b in zip(ts, ts[1:])]
     out = {"label": label, "steps": steps, "iterations": iterations, "grad_mode": grad_mode,
            "score_images": score_images, "decoder_checkpointing": decoder_ckpt, "graphs": graphs,
-           "precision": precision, "scorer": (scorer or ctx["scorer"]).name, "first_iteration_s": (ts[0] - t0) if ts else None,
+           "precision": precision, "shadow_channels_last": shadow_cl, "torch_compile": compile, "scorer": (scorer or ctx["scorer"]).name, "first_iteration_s": (ts[0] - t0) if ts else None,
            "iteration_s": per_iter, "median_iteration_s": median(per_iter), "total_s": total,
            "steady": peak(), "incl_first_iteration": rec.get("first_peak"),
            "graph_stats": dict(LAST_RUN_GRAPH_STATS)}
@@ -410,10 +428,12 @@ def _profile_gpu_time(fn) -> dict:
 
 def section_micro(res: Results, ctx, models: dict, reps: int):
     """Per CFG-call cost, eager vs CUDA graph, no grad and fwd+bwd, for several model dtypes."""
+    from doodl_nodes.bridge import chain as chain_mod
     from doodl_nodes.bridge.chain import run_in_guider
 
     for name, model in models.items():
         out = {}
+        chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = name.endswith("shadow_cl")
 
         def fn(chain):
             g = torch.Generator().manual_seed(0)
@@ -468,6 +488,7 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
         with graphs_env(True), torch.inference_mode():
             run_in_guider(model, ctx["pos"], ctx["neg"], ctx["cfg"], ctx["sigmas10"], ctx["latent_shape"], fn,
                           grad=True, precision="bf16")
+        chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = True
         res.put("micro", name, out)
         log(f"micro {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in out.items() if isinstance(v, float)))
 
@@ -571,6 +592,21 @@ def section_flops(res: Results, ctx, model):
                     loss = ctx["scorer"].loss(img, CropConfig(), gen).sum()
                     torch.autograd.grad(loss, xg)
             out[f"objective_fwd_bwd_{n_img}img"] = fc.get_total_flops()
+            if chain.device.type == "cuda":
+                for ckpt in (False, True):
+                    sync()
+                    base = torch.cuda.memory_allocated()
+                    reset_peak()
+                    t0 = time.perf_counter()
+                    with torch.enable_grad():
+                        img = decode_differentiable(ctx["vae"], chain.latent_format, xg, checkpoint=ckpt)
+                        loss = ctx["scorer"].loss(img, CropConfig(), gen).sum()
+                        torch.autograd.grad(loss, xg)
+                    sync()
+                    key = f"objective_{n_img}img_decoder_ckpt{int(ckpt)}"
+                    out[key + "_extra_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / GiB
+                    out[key + "_s"] = time.perf_counter() - t0
+            del img, loss
 
     ctx["scorer"].to(torch.device(ctx["device"]))
     unload_all()
@@ -585,7 +621,7 @@ def section_flops(res: Results, ctx, model):
                                             + out["objective_fwd_bwd_2img"])
         out[f"forward_chain_T{T}"] = 2 * T * out["cfg_call_fwd"]
     res.put("flops", ctx["arch"], out)
-    log("flops " + ", ".join(f"{k}={v / 1e12:.2f}T" for k, v in out.items()))
+    log("flops " + ", ".join(f"{k}={v / 1e12:.2f}T" if v > 1e6 else f"{k}={v:.3f}" for k, v in out.items()))
 
 
 @contextlib.contextmanager
@@ -746,7 +782,7 @@ def main(argv=None):
     else:
         arch = args.model
         model = build_unet(arch, device)
-        model_bf16 = build_unet(arch, device, dtype=torch.bfloat16, seed=0) if arch == "sd15" else None
+        model_bf16 = build_unet(arch, device, dtype=torch.bfloat16, seed=0)
         vae = build_vae(device)
         latent_shape = (1, 4, 64, 64) if arch == "sd15" else (1, 4, 128, 128)
     scorer = build_scorer(device, out_dir, tiny=args.tiny)
@@ -792,7 +828,8 @@ def main(argv=None):
             if section == "env":
                 section_env(res, device)
             elif section == "micro":
-                models = {"fp16_weights": model, "bf16_weights": model_bf16}
+                models = {"fp16_weights": model, "bf16_weights": model_bf16,
+                          "fp16_weights_shadow_cl": model}
                 if args.channels_last and not args.tiny:
                     models["fp16_weights_channels_last"] = build_unet(arch, device, channels_last=True)
                 section_micro(res, ctx, models, reps)
@@ -808,6 +845,59 @@ def main(argv=None):
                     mdl = c.pop("model")
                     it = c.pop("iterations", iters)
                     res.put("quick", f"{c['label']} T{c['steps']}", run_doodl_timed(ctx, mdl, iterations=it, **c))
+            elif section == "compiled":
+                fp16 = "fp16 weights (ComfyUI default), graphs + torch.compile"
+                cfgs = [dict(model=model, steps=T_list[-1], label=fp16),
+                        dict(model=model, steps=T_list[0], label=fp16),
+                        dict(model=model, steps=T_list[-1], grad_mode="reversible", label=fp16 + ", reversible"),
+                        dict(model=model, steps=T_list[-1], label="fp16 weights (ComfyUI default), graphs",
+                             compile=False)]
+                for i, c in enumerate(cfgs):
+                    if over_budget():
+                        res.data["skipped"].append(f"compiled:{c['label']}:T{c['steps']}")
+                        continue
+                    c = dict(c)
+                    mdl = c.pop("model")
+                    c.setdefault("compile", True)
+                    try:
+                        r = run_doodl_timed(ctx, mdl, iterations=iters, **c)
+                    except Exception as exc:
+                        r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
+                        log(f"DOODL config failed: {r['error'][-800:]}")
+                        unload_all()
+                    res.put("compiled", f"{i:02d} {c['label']} T{c['steps']}", r)
+                if not over_budget():
+                    with compile_env(True):
+                        section_sampling(res, ctx, model, [T_list[-1]], 3, tag="sd15_compiled")
+            elif section == "doodl2":
+                from doodl_nodes.scorers.symmetry import SymmetryScorer
+
+                sym = SymmetryScorer()
+                fp16 = "fp16 weights (ComfyUI default), graphs"
+                cfgs = [dict(model=model, steps=T, label=fp16) for T in T_list]
+                cfgs += [dict(model=model, steps=T, grad_mode="reversible", label=fp16 + ", reversible")
+                         for T in T_list]
+                cfgs += [dict(model=model, steps=T_list[-1], shadow_cl=True, label=fp16 + ", channels-last bf16 copies"),
+                         dict(model=model, steps=T_list[-1], score_images="x", decoder_ckpt=True,
+                              label=fp16 + ", score x only, decoder checkpointing"),
+                         dict(model=model_bf16, steps=T_list[-1], label="bf16 weights, graphs")]
+                cfgs += [dict(model=m_, steps=T, score_images="x", decoder_ckpt=True, scorer=sym,
+                              label=f"{lbl}, symmetry scorer (no CLIP), score x, decoder ckpt")
+                         for m_, lbl in ((model, fp16), (model_bf16, "bf16 weights, graphs"))
+                         for T in (T_list[0], T_list[-1])]
+                for i, c in enumerate(cfgs):
+                    if over_budget():
+                        res.data["skipped"].append(f"doodl2:{c['label']}:T{c['steps']}")
+                        continue
+                    c = dict(c)
+                    mdl = c.pop("model")
+                    try:
+                        r = run_doodl_timed(ctx, mdl, iterations=iters, **c)
+                    except Exception as exc:  # record and go on
+                        r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
+                        log(f"DOODL config failed: {r['error'][-500:]}")
+                        unload_all()
+                    res.put("doodl2", f"{i:02d} {c['label']} T{c['steps']}", r)
             elif section == "doodl":
                 for i, c in enumerate(doodl_configs()):
                     if over_budget():
@@ -832,12 +922,12 @@ def main(argv=None):
             elif section == "official":
                 section_official(res, ctx, model, [T_list[0], T_list[-1]], 2)
             elif section == "plain":
-                steps = [1, 2] if args.tiny else [1, 2, 4, 6, 8, 12, 16, 20, 25, 30, 40, 50]
+                steps = [1, 2] if args.tiny else [1, 2, 4, 8, 16, 25, 50]
                 section_plain(res, ctx, model_bf16, steps)
             elif section == "compile":
                 section_compile(res, ctx, model, reps)
             elif section == "sdxl":
-                section_sdxl(res, ctx, model, args, over_budget)
+                section_sdxl(res, ctx, model, model_bf16, args, over_budget)
             else:
                 raise ValueError(f"unknown section {section}")
         except Exception as exc:
@@ -865,8 +955,6 @@ def section_compile(res: Results, ctx, model, reps: int):
         ref = chain._eager(z, s_in, False)
         out["eager_ms"] = _call_timer(lambda: chain._eager(z, s_in, False), reps) * 1e3
         original = dm.forward
-        import torch._dynamo
-
         torch._dynamo.config.recompile_limit = 64
         dm.forward = torch.compile(original, dynamic=False)
         try:
@@ -890,23 +978,27 @@ def section_compile(res: Results, ctx, model, reps: int):
     log(f"compile {out}")
 
 
-def section_sdxl(res: Results, ctx, model, args, over_budget):
+def section_sdxl(res: Results, ctx, model, model_bf16, args, over_budget):
     T = 2 if args.tiny else 30
+    fp16 = "SDXL fp16 weights (ComfyUI default), graphs, decoder ckpt"
+    bf16 = "SDXL bf16 weights, graphs, decoder ckpt"
     cfgs = [
-        dict(steps=T, score_images="both", decoder_ckpt=True, label="SDXL graphs, decoder ckpt"),
-        dict(steps=T, score_images="x", decoder_ckpt=True, label="SDXL graphs, decoder ckpt, score x only"),
-        dict(steps=T, score_images="both", decoder_ckpt=False, label="SDXL graphs, no decoder ckpt"),
-        dict(steps=T, score_images="both", decoder_ckpt=True, graphs=False, iterations=2,
-             label="SDXL eager, decoder ckpt"),
+        dict(model=model, steps=T, score_images="both", decoder_ckpt=True, label=fp16),
+        dict(model=model, steps=T, score_images="x", decoder_ckpt=True, label=fp16 + ", score x only"),
+        dict(model=model_bf16, steps=T, score_images="both", decoder_ckpt=True, label=bf16),
+        dict(model=model_bf16, steps=T, score_images="x", decoder_ckpt=True, label=bf16 + ", score x only"),
+        dict(model=model, steps=T, score_images="both", decoder_ckpt=True, graphs=False, iterations=2,
+             label="SDXL fp16 weights, eager, decoder ckpt"),
     ]
     for i, c in enumerate(cfgs):
         if over_budget():
             res.data["skipped"].append(f"sdxl:{c['label']}")
             continue
         c = dict(c)
+        mdl = c.pop("model")
         it = c.pop("iterations", args.iters)
         try:
-            r = run_doodl_timed(ctx, model, iterations=it, **c)
+            r = run_doodl_timed(ctx, mdl, iterations=it, **c)
         except Exception as exc:
             r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
             log(f"SDXL config failed: {r['error'][-800:]}")
@@ -919,7 +1011,8 @@ def section_sdxl(res: Results, ctx, model, args, over_budget):
 def summarize(data: dict) -> None:
     secs = data["sections"]
     lines = []
-    for key, r in (secs.get("doodl", {}) | secs.get("sdxl", {}) | secs.get("official", {})).items():
+    for key, r in (secs.get("doodl", {}) | secs.get("doodl2", {}) | secs.get("sdxl", {}) | secs.get("compiled", {})
+                   | {"official " + k: v for k, v in secs.get("official", {}).items()}).items():
         if "median_iteration_s" in r:
             st = r.get("steady") or {}
             lines.append(f"{key:70s} {r['median_iteration_s']:8.3f} s/it  peak {st.get('peak_alloc_gib', float('nan')):6.2f} "

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,7 +40,8 @@ import comfy.samplers
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .safety import check_exactness_safe, check_gradient_safe
 
-__all__ = ["ChainModel", "run_in_guider", "PRECISIONS", "model_fingerprint", "cuda_graphs_enabled"]
+__all__ = ["ChainModel", "run_in_guider", "PRECISIONS", "model_fingerprint", "cuda_graphs_enabled",
+           "torch_compile_enabled"]
 
 PRECISIONS = ("bf16", "fp32")
 CUDA_GRAPHS_ENV = "DOODL_CUDA_GRAPHS"
@@ -53,6 +55,18 @@ def cuda_graphs_enabled(requested: Optional[bool] = None) -> bool:
     if requested is not None:
         return bool(requested)
     return os.environ.get(CUDA_GRAPHS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+TORCH_COMPILE_ENV = "DOODL_TORCH_COMPILE"
+
+
+def torch_compile_enabled(requested: Optional[bool] = None) -> bool:
+    """Whether to compile the model with ``torch.compile`` before recording the CUDA graphs:
+    ``requested`` if given, else ``DOODL_TORCH_COMPILE`` ("1"/"true"/"on"; default off: the first
+    run of a process then spends about a minute per model variant compiling)."""
+    if requested is not None:
+        return bool(requested)
+    return os.environ.get(TORCH_COMPILE_ENV, "0").strip().lower() in ("1", "true", "on", "yes")
 
 
 def _clone_conds(conds: dict, device: Optional[torch.device] = None) -> dict:
@@ -138,9 +152,9 @@ class ChainModel:
         return self._eager(z_in, s_in, grad).to(z.dtype)
 
     def _eager(self, z_in: torch.Tensor, s_in: torch.Tensor, grad: bool,
-               cache_enabled: bool = True) -> torch.Tensor:
+               cache_enabled: bool = True, autocast: Optional[bool] = None) -> torch.Tensor:
         ctx = contextlib.nullcontext()
-        if self._autocast and grad:
+        if (self._autocast and grad) if autocast is None else autocast:
             ctx = torch.autocast(device_type=z_in.device.type, dtype=torch.bfloat16,
                                  cache_enabled=cache_enabled)
         with ctx:
@@ -300,8 +314,9 @@ class _GraphedGuider:
     WARMUP = 2
     SLOTS = 2   # one EDICT step's vector-Jacobian product holds two model calls
 
-    def __init__(self, chain: "ChainModel", shape, device: torch.device):
+    def __init__(self, chain: "ChainModel", shape, device: torch.device, compile: bool = False):
         self.chain = chain
+        self.compile = compile
         self.shape = tuple(shape)
         self.device = device
         self.stream = torch.cuda.Stream(device)
@@ -341,29 +356,42 @@ class _GraphedGuider:
         self.slots = [None] * self.SLOTS
         self._shadows = None
 
+    #: lay the bf16 copies of 4-D (conv) weights out channels-last: cuDNN then skips its NCHW->NHWC
+    #: conversions (SD1.5 fwd+bwd call 26.1 -> 22.6 ms on an H200; benchmarks/RESULTS.md)
+    SHADOW_CHANNELS_LAST = True
+
     def _bf16_shadows(self) -> Optional[dict]:
-        """bf16 copies of the diffusion model's fp16/fp32 weights, recorded into the grad graphs
-        when the gradient pass runs under bf16 autocast. Autocast then has nothing to cast: the
-        copies are made once per run instead of at every call, and they are not saved again for
-        every call's backward (same values as autocast's own casts, so the same numbers)."""
-        if not self.chain._autocast:
+        """bf16 copies of the diffusion model's weights for the grad graphs, when the gradient
+        pass would otherwise run a fp16/fp32 model under bf16 autocast. The grad graphs then run
+        the model as a bf16 model (no autocast): the casts are made once per run instead of at
+        every call and are not saved again for every call's backward, and the normalizations run
+        in bf16 instead of being cast to float32 and back around every layer."""
+        base = self.chain.base_model
+        if not self.chain._autocast or base.manual_cast_dtype is not None:
             return None
         if self._shadows is None:
-            dm = self.chain.base_model.diffusion_model
-            self._shadows = {name: p.detach().to(torch.bfloat16) for name, p in dm.named_parameters()
-                             if p.dtype in (torch.float16, torch.float32)}
+            shadows = {}
+            for name, p in base.diffusion_model.named_parameters():
+                if p.dtype not in (torch.float16, torch.float32):
+                    continue
+                t = p.detach().to(torch.bfloat16)
+                if self.SHADOW_CHANNELS_LAST and t.dim() == 4:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                shadows[name] = t
+            self._shadows = shadows
             self.stats["bf16_weight_copies_gib"] = round(
-                sum(t.numel() for t in self._shadows.values()) * 2 / 1024 ** 3, 3)
+                sum(t.numel() for t in shadows.values()) * 2 / 1024 ** 3, 3)
         return self._shadows
 
     @contextlib.contextmanager
     def _weights(self, shadows: Optional[dict]):
-        """Within the context the diffusion model's parameters are the given tensors."""
+        """Within the context the diffusion model is a bf16 model made of the given tensors."""
         if not shadows:
             yield
             return
         dm = self.chain.base_model.diffusion_model
         swapped = []
+        old_dtype = getattr(dm, "dtype", None)
         try:
             for name, t in shadows.items():
                 *path, leaf = name.split(".")
@@ -372,8 +400,10 @@ class _GraphedGuider:
                     owner = getattr(owner, part)
                 swapped.append((owner, leaf, owner._parameters[leaf]))
                 owner._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
+            dm.dtype = torch.bfloat16   # what BaseModel.get_dtype() casts the inputs to
             yield
         finally:
+            dm.dtype = old_dtype
             for owner, leaf, original in reversed(swapped):
                 owner._parameters[leaf] = original
 
@@ -386,17 +416,57 @@ class _GraphedGuider:
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
         torch.cuda.synchronize(self.device)
 
+    @contextlib.contextmanager
+    def _compiled(self):
+        """Within the context the diffusion model's forward is ``torch.compile``d (inductor, static
+        shapes). Only the warm-up and the capture run it; the graphs keep its kernels."""
+        if not self.compile:
+            yield
+            return
+        dm = self.chain.base_model.diffusion_model
+        dm.forward = torch.compile(type(dm).forward.__get__(dm), dynamic=False)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError):
+                del dm.forward  # the class's forward again
+
+    def _capture(self, capture):
+        """Run ``capture()`` (warm-up + recording), compiled when asked; a compilation that fails
+        is reported once and the capture is redone without it."""
+        t0 = time.perf_counter()
+        try:
+            if self.compile:
+                try:
+                    with self._compiled():
+                        return capture()
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:
+                    self.compile = False
+                    self.stats["compile_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                    log.warning("DOODL: torch.compile failed (%s); recording the uncompiled model",
+                                self.stats["compile_error"])
+                    with contextlib.suppress(Exception):
+                        torch.cuda.synchronize(self.device)
+            return capture()
+        finally:
+            self.stats["capture_s"] = round(self.stats.get("capture_s", 0.0) + time.perf_counter() - t0, 3)
+
+    def _capture_nograd(self, z, s):
+        sz, ss = z.detach().clone(), s.detach().clone()
+        with torch.no_grad():
+            self._warmup(lambda: self.chain._eager(sz, ss, False))
+            graph = torch.cuda.CUDAGraph()
+            with _frozen_free_memory(self.device), torch.cuda.graph(graph, stream=self.stream,
+                                                                      capture_error_mode="thread_local"):
+                out = self.chain._eager(sz, ss, False)
+        self.stats["captures"] += 1
+        return graph, sz, ss, out
+
     def _nograd_call(self, z, s):
         if self.nograd is None:
-            sz, ss = z.detach().clone(), s.detach().clone()
-            with torch.no_grad():
-                self._warmup(lambda: self.chain._eager(sz, ss, False))
-                graph = torch.cuda.CUDAGraph()
-                with _frozen_free_memory(self.device), torch.cuda.graph(graph, stream=self.stream,
-                                                                          capture_error_mode="thread_local"):
-                    out = self.chain._eager(sz, ss, False)
-            self.nograd = (graph, sz, ss, out)
-            self.stats["captures"] += 1
+            self.nograd = self._capture(lambda: self._capture_nograd(z, s))
         graph, sz, ss, out = self.nograd
         sz.copy_(z)
         ss.copy_(s)
@@ -408,17 +478,20 @@ class _GraphedGuider:
         sz = z.detach().clone().requires_grad_(True)
         ss = s.detach().clone()
 
+        shadows = self._bf16_shadows()
+        autocast = None if shadows is None else False
+
         def fwd_bwd():
-            out = self.chain._eager(sz, ss, True, cache_enabled=False)
+            out = self.chain._eager(sz, ss, True, cache_enabled=False, autocast=autocast)
             torch.autograd.grad(out, sz, torch.ones_like(out))
 
-        with torch.enable_grad(), self._weights(self._bf16_shadows()):
+        with torch.enable_grad(), self._weights(shadows):
             self._warmup(fwd_bwd)
             pool = torch.cuda.graph_pool_handle()
             fwd = torch.cuda.CUDAGraph()
             with _frozen_free_memory(self.device), torch.cuda.graph(
                     fwd, stream=self.stream, pool=pool, capture_error_mode="thread_local"):
-                out = self.chain._eager(sz, ss, True, cache_enabled=False)
+                out = self.chain._eager(sz, ss, True, cache_enabled=False, autocast=autocast)
             gout = torch.empty_like(out)
             bwd = torch.cuda.CUDAGraph()
             with torch.cuda.graph(bwd, stream=self.stream, pool=pool,
@@ -433,7 +506,7 @@ class _GraphedGuider:
         self.order.remove(idx)
         self.order.append(idx)
         if self.slots[idx] is None:
-            self.slots[idx] = self._capture_slot(z, s)
+            self.slots[idx] = self._capture(lambda: self._capture_slot(z, s))
         return _GraphedCall.apply(self, idx, z, s)
 
 
@@ -443,12 +516,14 @@ LAST_RUN_GRAPH_STATS: dict = {}
 
 class _CallbackSampler(comfy.samplers.Sampler):
     def __init__(self, fn: Callable[[ChainModel], Any], grad: bool, precision: str,
-                 extra_modules: Sequence[torch.nn.Module], cuda_graphs: bool = False):
+                 extra_modules: Sequence[torch.nn.Module], cuda_graphs: bool = False,
+                 torch_compile: bool = False):
         self.fn = fn
         self.grad = grad
         self.precision = precision
         self.extra_modules = list(extra_modules)
         self.cuda_graphs = cuda_graphs
+        self.torch_compile = torch_compile
         self.result = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
@@ -471,7 +546,7 @@ class _CallbackSampler(comfy.samplers.Sampler):
                     if chain.device.type == "cuda":
                         log.info("DOODL: CUDA graphs off for this run: %s", LAST_RUN_GRAPH_STATS["off"])
                 else:
-                    chain._graphs = _GraphedGuider(chain, noise.shape, chain.device)
+                    chain._graphs = _GraphedGuider(chain, noise.shape, chain.device, self.torch_compile)
             try:
                 with contextlib.nullcontext() if self.grad else torch.no_grad():
                     self.result = self.fn(chain)
@@ -489,7 +564,8 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
                   latent_shape: Sequence[int], fn: Callable[[ChainModel], Any], *,
                   grad: bool = False, precision: str = "bf16", extra_patchers: Sequence = (),
                   extra_modules: Sequence[torch.nn.Module] = (), seed: int = 0,
-                  what: str = "EDICT", cuda_graphs: Optional[bool] = None) -> Any:
+                  what: str = "EDICT", cuda_graphs: Optional[bool] = None,
+                  torch_compile: Optional[bool] = None) -> Any:
     """Call ``fn(chain)`` inside ComfyUI's guider for ``model`` and return what it returns.
 
     ``latent_shape`` is the model-space latent shape (used by the guider for memory estimates and
@@ -499,7 +575,8 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     differentiable pass: "bf16" (autocast on the gradient recomputation) or "fp32".
     ``cuda_graphs``: record and replay the model call as CUDA graphs where safe (None: the
     ``DOODL_CUDA_GRAPHS`` environment variable, default on); numbers are the same either way up to
-    kernel-level floating-point differences.
+    kernel-level floating-point differences. ``torch_compile``: compile the model before recording
+    the graphs (None: ``DOODL_TORCH_COMPILE``, default off); used only together with the graphs.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -514,7 +591,8 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     guider = comfy.samplers.CFGGuider(mp)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
-    sampler = _CallbackSampler(fn, grad, precision, extra_modules, cuda_graphs_enabled(cuda_graphs))
+    sampler = _CallbackSampler(fn, grad, precision, extra_modules, cuda_graphs_enabled(cuda_graphs),
+                               torch_compile_enabled(torch_compile))
     with torch.inference_mode(False):
         zeros = torch.zeros(tuple(latent_shape), dtype=torch.float32)
         guider.sample(zeros, zeros.clone(), sampler, sigmas.detach().clone(), seed=int(seed),
