@@ -25,7 +25,11 @@ class Digits:
 def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Digits:
     """A stratified train / held-out split of ``sklearn.datasets.load_digits`` (pixels 0..16 mapped
     to [-1, 1]). The split depends only on ``seed`` and ``test_fraction``."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # not a runtime requirement of the node pack, only of the demo
+        raise SystemExit("the demo needs scikit-learn (its bundled digits data set, no download): "
+                         "pip install scikit-learn") from exc
 
     data = load_digits()
     images = data.images.astype(np.float32) / 16.0 * 2.0 - 1.0

@@ -43,8 +43,11 @@ __all__ = ["run_demo"]
 
 
 def _evaluate(images: torch.Tensor, target_vec: torch.Tensor, targets: list[int], data: Digits,
-              evaluator, guide, ridge: float) -> dict:
+              evaluator, guide, ridge: float, pooled: Optional[torch.Tensor] = None) -> dict:
+    """Scores of ``images`` generated for ``target_vec``. ``pooled``: the distinct images for the
+    pooled FD when ``images`` repeats them (unguided samples are scored against every target)."""
     device = images.device
+    pooled = images if pooled is None else pooled
     ok_eval = class_accuracy(evaluator, images, target_vec)
     ok_guide = class_accuracy(guide, images, target_vec)
     ce = guide_losses(guide, images, target_vec).detach().cpu()
@@ -63,7 +66,7 @@ def _evaluate(images: torch.Tensor, target_vec: torch.Tensor, targets: list[int]
         "eval_accuracy": float(ok_eval.mean()),
         "guide_accuracy": float(ok_guide.mean()),
         "fd_per_class": float(np.mean([v["fd"] for v in per_target.values()])),
-        "fd_pooled": frechet_distance(features(evaluator, images), features(evaluator, real_all), ridge),
+        "fd_pooled": frechet_distance(features(evaluator, pooled), features(evaluator, real_all), ridge),
         "guide_ce": float(ce.mean()),
         "per_target": per_target,
         "correct": ok_eval,
@@ -213,7 +216,8 @@ def _run(settings, out_dir, cache_dir, device, log, show_progress, command, t_st
     metrics = {}
     for name, imgs in images.items():
         tv = real_targets if name == "real_train" else target_vec
-        metrics[name] = _evaluate(imgs, tv, targets, data, evaluator, guide, s.fd_ridge)
+        metrics[name] = _evaluate(imgs, tv, targets, data, evaluator, guide, s.fd_ridge,
+                                  pooled=generations["unguided"].images if name == "unguided" else None)
     for name, gen in generations.items():
         metrics[name].update(_cost(gen, s.steps))
     metrics["real_train"].update({"forward_per_image": 0.0, "backward_per_image": 0.0,

@@ -75,7 +75,9 @@ def results_markdown(results: dict) -> str:
     out += ["The reference row holds real training images of each target, as many per class as "
             "generated; the evaluator was trained on them, so its accuracy there is optimistic, and "
             "their per-class FD is the floor that sample size allows. Unguided samples are "
-            "unconditional, so they are scored against every target (accuracy near 1/10).", ""]
+            "unconditional, so they are scored against every target (accuracy near 1/10). The "
+            "pooled FD compares all distinct generated images with all held-out images of the "
+            "targets, whatever their class: a check of realism and diversity.", ""]
 
     out += ["## Per target", "",
             "| target | unguided acc. | one-step acc. | DOODL acc. | one-step FD | DOODL FD |",

@@ -107,11 +107,13 @@ PRESETS = {
                          lrs=(0.02, 0.05), clip=0.1),
     # under 5 minutes on a 2-core CPU, training included
     "quick": DemoSettings(name="quick"),
-    # for a GPU: a longer-trained, larger denoiser, 50 sampling steps, 4x the seeds
+    # for a GPU: a longer-trained, larger denoiser, 50 sampling steps, 4x the seeds. DOODL gets 200
+    # iterations and a looser clip here: with this denoiser, 50 iterations at the quick setting's
+    # step sizes left the guide's loss high (README: "full setting")
     "full": DemoSettings(name="full", den_width=512, den_depth=4, den_steps=20000, cls_epochs=100,
                          steps=50, seeds=64, val_seeds=16,
                          guidance_scales=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
-                         lrs=(0.003, 0.01, 0.03, 0.1)),
+                         iterations=200, clip=1.0, lrs=(0.1, 0.3, 1.0)),
 }
 
 
