@@ -68,6 +68,7 @@ class DoodlOutputs:
     plot: torch.Tensor             # IMAGE (1, H, W, 3)
     losses: list[float]
     best_loss: float
+    final_loss: Optional[float]
     best_iteration: int
     best_pair: EdictLatent
     status: str
@@ -206,7 +207,7 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
                               "status": result.status, "warnings": result.warnings,
                               "scores": state["scores"]}, request.node_id)
     return DoodlOutputs(final, best, strip, plot, list(result.losses), best_loss,
-                        result.best_iteration, pair, result.status, list(result.warnings),
+                        result.final_loss, result.best_iteration, pair, result.status, list(result.warnings),
                         dict(state["scores"]))
 
 

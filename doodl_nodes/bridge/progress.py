@@ -7,6 +7,7 @@ interrupt directly at every chain step, so a cancel stops the work within one st
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 
-__all__ = ["Progress", "send_event", "to_pil"]
+__all__ = ["Progress", "json_safe", "send_event", "to_pil"]
 
 log = logging.getLogger("doodl")
 
@@ -30,6 +31,17 @@ def to_pil(image_bchw: torch.Tensor, max_size: int = 512):
     return pil
 
 
+def json_safe(obj):
+    """Replace NaN/inf floats (which browsers' JSON.parse rejects) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def send_event(event: str, data: dict, node_id: Optional[str] = None) -> bool:
     """Send a websocket event to the browser if ComfyUI's server is running (else do nothing)."""
     try:
@@ -39,7 +51,7 @@ def send_event(event: str, data: dict, node_id: Optional[str] = None) -> bool:
     server = getattr(PromptServer, "instance", None)
     if server is None or not getattr(server, "client_id", None):
         return False
-    payload = dict(data)
+    payload = json_safe(dict(data))
     if node_id is not None:
         payload["node"] = node_id
     server.send_sync(event, payload, server.client_id)

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 from ..bridge.doodl_run import SCORE_IMAGES, DoodlRequest, run_doodl
 from ..bridge.guidance_sampler import one_step_guidance_sampler
+from ..bridge.progress import json_safe
 from ..core.crops import CropConfig
 from ..core.optimize import DoodlConfig
 from . import common as c
@@ -97,12 +97,12 @@ class DOODLOptimize:
         out = run_doodl(model, vae, positive, negative, cfg, sigmas, scorer, request,
                         edict_latent=edict_latent, latent=latent, seed=seed)
         base = {k: v for k, v in (latent or {}).items() if k not in ("samples", "noise_mask")}
-        history = {"losses": out.losses, "best_iteration": out.best_iteration,
-                   "best_loss": None if math.isnan(out.best_loss) else out.best_loss,
-                   "status": out.status, "warnings": out.warnings, "scores": out.scores}
-        ui = {"doodl_losses": out.losses, "doodl_summary": [{
-            "best_iteration": out.best_iteration, "best_loss": history["best_loss"],
-            "status": out.status, "scores": out.scores, "warnings": out.warnings}]}
+        # json_safe: NaN/inf become null (browsers cannot parse NaN in websocket messages)
+        summary = json_safe({"best_iteration": out.best_iteration, "best_loss": out.best_loss,
+                             "final_loss": out.final_loss, "status": out.status, "scores": out.scores,
+                             "warnings": out.warnings})
+        history = {"losses": json_safe(out.losses), **summary}
+        ui = {"doodl_losses": history["losses"], "doodl_summary": [summary]}
         result = ({**base, "samples": out.final}, {**base, "samples": out.best}, out.strip, out.plot,
                   json.dumps(history), out.best_pair)
         return {"ui": ui, "result": result}
