@@ -848,10 +848,7 @@ def main(argv=None):
             elif section == "compiled":
                 fp16 = "fp16 weights (ComfyUI default), graphs + torch.compile"
                 cfgs = [dict(model=model, steps=T_list[-1], label=fp16),
-                        dict(model=model, steps=T_list[0], label=fp16),
-                        dict(model=model, steps=T_list[-1], grad_mode="reversible", label=fp16 + ", reversible"),
-                        dict(model=model, steps=T_list[-1], label="fp16 weights (ComfyUI default), graphs",
-                             compile=False)]
+                        dict(model=model, steps=T_list[0], label=fp16)]
                 for i, c in enumerate(cfgs):
                     if over_budget():
                         res.data["skipped"].append(f"compiled:{c['label']}:T{c['steps']}")
