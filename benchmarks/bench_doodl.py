@@ -317,18 +317,18 @@ def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="check
     cfgd = DoodlConfig(iterations=iterations, grad_mode=grad_mode, seed=0, evaluate_final=False)
     req = DoodlRequest(config=cfgd, crops=crops or CropConfig(), score_images=score_images, precision=precision,
                        decoder_checkpointing=decoder_ckpt, strip_frames=2)
-    from doodl_nodes.bridge import chain as chain_mod
+    from doodl_nodes.bridge import cuda_graphs as chain_mod
 
     unload_all()
     rec: dict = {}
     reset_peak()
     t0 = time.perf_counter()
-    chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = shadow_cl
+    chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = shadow_cl
     with graphs_env(graphs), compile_env(compile), iteration_clock(rec), torch.inference_mode():
         run_doodl(m, ctx["vae"], ctx["pos"], ctx["neg"], ctx["cfg"], sig, scorer or ctx["scorer"], req,
                   latent={"samples": torch.zeros(ctx["latent_shape"])}, seed=0)
     total = time.perf_counter() - t0
-    chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = True
+    chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = True
     ts = rec["t"]
     per_iter = [b - a for a, b in zip(ts, ts[1:])]
     out = {"label": label, "steps": steps, "iterations": iterations, "grad_mode": grad_mode,
@@ -428,12 +428,12 @@ def _profile_gpu_time(fn) -> dict:
 
 def section_micro(res: Results, ctx, models: dict, reps: int):
     """Per CFG-call cost, eager vs CUDA graph, no grad and fwd+bwd, for several model dtypes."""
-    from doodl_nodes.bridge import chain as chain_mod
+    from doodl_nodes.bridge import cuda_graphs as chain_mod
     from doodl_nodes.bridge.chain import run_in_guider
 
     for name, model in models.items():
         out = {}
-        chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = name.endswith("shadow_cl")
+        chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = name.endswith("shadow_cl")
 
         def fn(chain):
             g = torch.Generator().manual_seed(0)
@@ -488,7 +488,7 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
         with graphs_env(True), torch.inference_mode():
             run_in_guider(model, ctx["pos"], ctx["neg"], ctx["cfg"], ctx["sigmas10"], ctx["latent_shape"], fn,
                           grad=True, precision="bf16")
-        chain_mod._GraphedGuider.SHADOW_CHANNELS_LAST = True
+        chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = True
         res.put("micro", name, out)
         log(f"micro {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in out.items() if isinstance(v, float)))
 
@@ -628,7 +628,7 @@ def section_flops(res: Results, ctx, model):
 def official_style(unet_module):
     """Our code configured like the released DOODL: fp16 differentiable pass (no bf16 autocast),
     weights not frozen (dW computed and accumulated into .grad at every step, as memcnn did)."""
-    from doodl_nodes.bridge import chain as chain_mod
+    from doodl_nodes.bridge import cuda_graphs as chain_mod
     from doodl_nodes.core import backprop
 
     orig_denoise = chain_mod.ChainModel.denoise

@@ -65,19 +65,24 @@ def autograd_ready(module: torch.nn.Module) -> bool:
     return not any(b is not None and needs_clone(b) for b in module.buffers())
 
 
-def clone_tensor_tree(obj):
-    """Deep-copy nested dict/list/tuple structures, cloning every tensor outside inference mode."""
+def clone_tensor_tree(obj, device=None):
+    """Deep-copy nested dict/list/tuple structures, cloning every tensor outside inference mode
+    (moved to ``device`` when given). ComfyUI's cond wrappers (``CONDRegular`` and friends: a
+    ``.cond`` payload and ``_copy_with``) are copied with their payload cloned."""
     with torch.inference_mode(False):
-        return _clone(obj)
+        return _clone(obj, device)
 
 
-def _clone(obj):
+def _clone(obj, device):
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        t = obj.detach()
+        return t.to(device).clone() if device is not None else t.clone()
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: _clone(v, device) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clone(v) for v in obj]
+        return [_clone(v, device) for v in obj]
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_clone(v) for v in obj)
+        return tuple(_clone(v, device) for v in obj)
+    if hasattr(obj, "cond") and hasattr(obj, "_copy_with"):
+        return obj._copy_with(_clone(obj.cond, device))
     return obj

@@ -14,8 +14,7 @@ import comfy.samplers
 
 from ..core.crops import CropConfig
 from ..core.guidance import one_step_guided_denoiser
-from .autograd import make_autograd_safe
-from .chain import _clone_conds
+from .autograd import clone_tensor_tree, make_autograd_safe
 from .doodl_run import release_scorer
 from .safety import check_gradient_safe
 from .vae import check_vae_matches, decode_differentiable
@@ -40,7 +39,7 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
     device = x.device
     scorer.to(device)
     make_autograd_safe([base, vae.first_stage_model] + list(scorer.modules()))
-    guider.conds = _clone_conds(guider.conds)  # inference-tensor conds cannot be saved for backward
+    guider.conds = clone_tensor_tree(guider.conds)  # inference-tensor conds cannot be saved for backward
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
 
     def denoise(z, sigma):
