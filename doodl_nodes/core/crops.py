@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropConfig", "resize_square", "make_crops", "crop_boxes"]
+__all__ = ["CropConfig", "resize_square", "make_crops", "crop_boxes", "crops_from_boxes"]
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,15 @@ def make_crops(images: torch.Tensor, cut_size: int, num_crops: int = 16, cut_pow
     if num_crops == 0:
         return resize_square(images, cut_size)
     h, w = images.shape[-2:]
-    out = []
-    for top, left, side in crop_boxes(h, w, cut_size, num_crops, cut_power, generator):
-        crop = images[:, :, top:top + side, left:left + side]
-        out.append(resize_square(crop, cut_size))
+    return crops_from_boxes(images, crop_boxes(h, w, cut_size, num_crops, cut_power, generator),
+                            cut_size)
+
+
+def crops_from_boxes(images: torch.Tensor, boxes, cut_size: int) -> torch.Tensor:
+    """The crops ``boxes`` (``(top, left, side)`` each) of every image, pooled to ``cut_size``,
+    crop-major: ``(len(boxes) * B, C, cut_size, cut_size)``."""
+    out = [resize_square(images[:, :, top:top + side, left:left + side], cut_size)
+           for top, left, side in boxes]
     return torch.cat(out, dim=0)
 
 

@@ -70,3 +70,31 @@ def test_combined_scorer_is_a_weighted_sum():
     assert zero.shape == (3,) and zero.abs().max() == 0
     with pytest.raises(TypeError):
         CombinedScorer([object()], [1.0])
+
+
+def test_best_crop_only_gradient_equals_the_full_min_over_crops():
+    """CropScorer scores every crop without grad and re-runs only the best one with grad: the
+    loss and the pixel gradient must equal differentiating the plain min over all crops."""
+    from doodl_nodes.core.crops import CropConfig, make_crops
+    from doodl_nodes.core.losses import reduce_over_crops
+    from doodl_nodes.scorers.base import CropScorer
+
+    class Toy(CropScorer):
+        input_size = 8
+
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            self.w = torch.randn(3 * 8 * 8, generator=g)
+
+        def crop_loss(self, pixels):
+            return torch.tanh(pixels.flatten(1) @ self.w) + (pixels ** 2).mean(dim=(1, 2, 3))
+
+    toy, cfg = Toy(), CropConfig(num_crops=6, cut_power=0.5, reduction="min")
+    images = torch.rand(3, 3, 20, 24, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    fast = toy.loss(images, cfg, torch.Generator().manual_seed(7))
+    (g_fast,) = torch.autograd.grad(fast.sum(), images)
+    pixels = make_crops(images, 8, 6, 0.5, torch.Generator().manual_seed(7))
+    ref = reduce_over_crops(toy.crop_loss(pixels), 6, "min")
+    (g_ref,) = torch.autograd.grad(ref.sum(), images)
+    assert torch.allclose(fast, ref, atol=1e-6) and torch.allclose(g_fast, g_ref, atol=1e-6)
+    assert g_ref.abs().sum() > 0
