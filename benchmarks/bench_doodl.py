@@ -121,29 +121,25 @@ def unload_all():
 
 
 @contextlib.contextmanager
+def env_flag(name: str, on: bool):
+    """Set the environment switch ``name`` to "1"/"0" within the context, then restore it."""
+    old = os.environ.get(name)
+    os.environ[name] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def compile_env(on: bool):
-    old = os.environ.get("DOODL_TORCH_COMPILE")
-    os.environ["DOODL_TORCH_COMPILE"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DOODL_TORCH_COMPILE", None)
-        else:
-            os.environ["DOODL_TORCH_COMPILE"] = old
+    return env_flag("DOODL_TORCH_COMPILE", on)
 
 
-@contextlib.contextmanager
 def graphs_env(on: bool):
-    old = os.environ.get("DOODL_CUDA_GRAPHS")
-    os.environ["DOODL_CUDA_GRAPHS"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DOODL_CUDA_GRAPHS", None)
-        else:
-            os.environ["DOODL_CUDA_GRAPHS"] = old
+    return env_flag("DOODL_CUDA_GRAPHS", on)
 
 
 def median(xs):
