@@ -1,0 +1,45 @@
+"""The CUDA-graph fast path's switches and its refusal to record where it is not safe. (Replays
+themselves need a GPU: they are exercised by benchmarks/bench_doodl.py, not by CI.)"""
+import pytest
+import torch
+
+from tests.comfyui_env import require_comfyui
+
+pytestmark = pytest.mark.comfyui
+
+
+def test_environment_switches(monkeypatch):
+    require_comfyui()
+    from doodl_nodes.bridge.cuda_graphs import cuda_graphs_enabled, torch_compile_enabled
+
+    monkeypatch.delenv("DOODL_CUDA_GRAPHS", raising=False)
+    monkeypatch.delenv("DOODL_TORCH_COMPILE", raising=False)
+    assert cuda_graphs_enabled() and not torch_compile_enabled()
+    for off in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv("DOODL_CUDA_GRAPHS", off)
+        assert not cuda_graphs_enabled()
+    monkeypatch.setenv("DOODL_TORCH_COMPILE", "1")
+    assert torch_compile_enabled() and not torch_compile_enabled(False) and cuda_graphs_enabled(True)
+
+
+def test_graphs_are_not_used_off_cuda_or_on_patched_models():
+    require_comfyui()
+    import comfy.patcher_extension as pe
+
+    from doodl_nodes.bridge.chain import run_in_guider
+    from doodl_nodes.bridge.cuda_graphs import graph_blockers
+    from tests.comfy.setups import tiny_setup
+
+    model, _, pos, neg, sigmas = tiny_setup("eps", steps=2)
+    patched = model.clone()
+    patched.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "some_pack", lambda ex, *a, **k: ex(*a, **k))
+
+    def fn(chain):
+        return graph_blockers(chain.model_wrap, chain.extra_args, torch.device("cuda")), chain._graphs
+
+    with torch.inference_mode():
+        why_plain, graphs = run_in_guider(model, pos, neg, 2.0, sigmas, (1, 4, 8, 8), fn, cuda_graphs=True)
+        why_patched, _ = run_in_guider(patched, pos, neg, 2.0, sigmas, (1, 4, 8, 8), fn, cuda_graphs=True)
+    assert graphs is None  # CPU: never recorded
+    assert any("not every model weight is on the GPU" in w for w in why_plain)
+    assert any("wrappers" in w for w in why_patched)
