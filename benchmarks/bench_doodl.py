@@ -341,6 +341,28 @@ def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="check
 # ----------------------------------------------------------------------------------------------
 # sections
 
+def run_configs(res: Results, ctx, section: str, cfgs, iterations: int, over_budget,
+                steps_in_key: bool = True) -> None:
+    """Time each DOODL configuration (``run_doodl_timed`` arguments plus ``model`` and optionally
+    ``iterations``) into ``section``: a failure is recorded and the next one runs; what the time
+    budget leaves out is listed under "skipped"."""
+    for i, c in enumerate(cfgs):
+        name = f"{c['label']} T{c['steps']}" if steps_in_key else c["label"]
+        if over_budget():
+            res.data["skipped"].append(f"{section}:{c['label']}" + (f":T{c['steps']}" if steps_in_key else ""))
+            continue
+        c = dict(c)
+        mdl = c.pop("model")
+        it = c.pop("iterations", iterations)
+        try:
+            r = run_doodl_timed(ctx, mdl, iterations=it, **c)
+        except Exception as exc:  # record and go on
+            r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
+            log(f"{section} config failed: {r['error'][-800:]}")
+            unload_all()
+        res.put(section, f"{i:02d} {name}", r)
+
+
 def section_env(res: Results, device):
     import comfy.model_management as mm
 
@@ -842,22 +864,9 @@ def main(argv=None):
                     res.put("quick", f"{c['label']} T{c['steps']}", run_doodl_timed(ctx, mdl, iterations=it, **c))
             elif section == "compiled":
                 fp16 = "fp16 weights (ComfyUI default), graphs + torch.compile"
-                cfgs = [dict(model=model, steps=T_list[-1], label=fp16),
-                        dict(model=model, steps=T_list[0], label=fp16)]
-                for i, c in enumerate(cfgs):
-                    if over_budget():
-                        res.data["skipped"].append(f"compiled:{c['label']}:T{c['steps']}")
-                        continue
-                    c = dict(c)
-                    mdl = c.pop("model")
-                    c.setdefault("compile", True)
-                    try:
-                        r = run_doodl_timed(ctx, mdl, iterations=iters, **c)
-                    except Exception as exc:
-                        r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
-                        log(f"DOODL config failed: {r['error'][-800:]}")
-                        unload_all()
-                    res.put("compiled", f"{i:02d} {c['label']} T{c['steps']}", r)
+                cfgs = [dict(model=model, steps=T_list[-1], compile=True, label=fp16),
+                        dict(model=model, steps=T_list[0], compile=True, label=fp16)]
+                run_configs(res, ctx, "compiled", cfgs, iters, over_budget)
                 if not over_budget():
                     with compile_env(True):
                         section_sampling(res, ctx, model, [T_list[-1]], 3, tag="sd15_compiled")
@@ -877,34 +886,9 @@ def main(argv=None):
                               label=f"{lbl}, symmetry scorer (no CLIP), score x, decoder ckpt")
                          for m_, lbl in ((model, fp16), (model_bf16, "bf16 weights, graphs"))
                          for T in (T_list[0], T_list[-1])]
-                for i, c in enumerate(cfgs):
-                    if over_budget():
-                        res.data["skipped"].append(f"doodl2:{c['label']}:T{c['steps']}")
-                        continue
-                    c = dict(c)
-                    mdl = c.pop("model")
-                    try:
-                        r = run_doodl_timed(ctx, mdl, iterations=iters, **c)
-                    except Exception as exc:  # record and go on
-                        r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
-                        log(f"DOODL config failed: {r['error'][-500:]}")
-                        unload_all()
-                    res.put("doodl2", f"{i:02d} {c['label']} T{c['steps']}", r)
+                run_configs(res, ctx, "doodl2", cfgs, iters, over_budget)
             elif section == "doodl":
-                for i, c in enumerate(doodl_configs()):
-                    if over_budget():
-                        res.data["skipped"].append(f"doodl:{c['label']}:T{c['steps']}")
-                        continue
-                    c = dict(c)
-                    mdl = c.pop("model")
-                    it = c.pop("iterations", iters)
-                    try:
-                        r = run_doodl_timed(ctx, mdl, iterations=it, **c)
-                    except Exception as exc:  # record and go on
-                        r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
-                        log(f"DOODL config failed: {r['error'][-500:]}")
-                        unload_all()
-                    res.put("doodl", f"{i:02d} {c['label']} T{c['steps']}", r)
+                run_configs(res, ctx, "doodl", doodl_configs(), iters, over_budget)
             elif section == "sampling":
                 section_sampling(res, ctx, model, T_list, 2 if args.tiny else 3)
             elif section == "roundtrip":
@@ -982,20 +966,7 @@ def section_sdxl(res: Results, ctx, model, model_bf16, args, over_budget):
         dict(model=model, steps=T, score_images="both", decoder_ckpt=True, graphs=False, iterations=2,
              label="SDXL fp16 weights, eager, decoder ckpt"),
     ]
-    for i, c in enumerate(cfgs):
-        if over_budget():
-            res.data["skipped"].append(f"sdxl:{c['label']}")
-            continue
-        c = dict(c)
-        mdl = c.pop("model")
-        it = c.pop("iterations", args.iters)
-        try:
-            r = run_doodl_timed(ctx, mdl, iterations=it, **c)
-        except Exception as exc:
-            r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
-            log(f"SDXL config failed: {r['error'][-800:]}")
-            unload_all()
-        res.put("sdxl", f"{i:02d} {c['label']}", r)
+    run_configs(res, ctx, "sdxl", cfgs, args.iters, over_budget, steps_in_key=False)
     if not over_budget():
         section_sampling(res, ctx, model, [T], 2, tag="sdxl")
 
