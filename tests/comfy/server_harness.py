@@ -54,7 +54,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
@@ -444,12 +444,18 @@ def session_server(*, frontend: str = "auto", harness_nodes: bool = True, timeou
     callers with default arguments, browser tests included, share one server. Tests must not stop it; use ``ComfyServer`` directly for a
     private one. Call ``tests.comfyui_env.require_comfyui()`` first so a missing ComfyUI skips.
     """
-    key = (frontend, harness_nodes)
+    return shared_server((frontend, harness_nodes),
+                         lambda: ComfyServer(frontend=frontend, harness_nodes=harness_nodes), timeout)
+
+
+def shared_server(key, make, timeout: float = 120.0):
+    """The process-wide server under ``key``: ``make()``d and started on first use (or after it
+    died), stopped at exit."""
     srv = _SESSION.get(key)
     if srv is None or not srv.running:
         if srv is not None:
             srv.cleanup()
-        srv = ComfyServer(frontend=frontend, harness_nodes=harness_nodes)
+        srv = make()
         _SESSION[key] = srv
         atexit.register(srv.cleanup)
         srv.start(timeout=timeout)

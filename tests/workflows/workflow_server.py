@@ -14,13 +14,12 @@ browser tests need it) and runs with one torch thread (see the harness docstring
 """
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import time
 
 import yaml
 
-from tests.comfy.server_harness import ComfyServer
+from tests.comfy.server_harness import ComfyServer, shared_server
 from tests.workflows.model_files import WorkflowModels, write_workflow_models
 
 
@@ -46,19 +45,9 @@ class WorkflowServer(ComfyServer):
         self.post_json("/settings/" + key, value)
 
 
-_SERVER: dict[str, WorkflowServer] = {}
-
-
 def workflow_server(frontend: str = "auto", timeout: float = 120.0) -> WorkflowServer:
     """The process-wide workflow server (started on first use, stopped at exit)."""
     if frontend == "auto":
         frontend = "real" if importlib.util.find_spec("comfyui_frontend_package") else "none"
-    srv = _SERVER.get(frontend)
-    if srv is None or not srv.running:
-        if srv is not None:
-            srv.cleanup()
-        srv = WorkflowServer(frontend=frontend, harness_nodes=False)
-        _SERVER[frontend] = srv
-        atexit.register(srv.cleanup)
-        srv.start(timeout=timeout)
-    return srv
+    return shared_server(("workflows", frontend),
+                         lambda: WorkflowServer(frontend=frontend, harness_nodes=False), timeout)
