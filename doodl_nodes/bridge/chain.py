@@ -63,7 +63,6 @@ class ChainModel:
     sigmas: torch.Tensor            # as given (device tensor)
     max_denoise: bool
     precision: str = "bf16"
-    calls: int = 0
     _autocast: bool = field(default=False, init=False)
     _graphs: Any = field(default=None, init=False, repr=False)
 
@@ -90,7 +89,6 @@ class ChainModel:
         push CFG and the model-sampling arithmetic into slow float64); the output is returned in
         ``z``'s dtype. The cast is deterministic, so EDICT stays exactly invertible.
         """
-        self.calls += 1
         comfy.model_management.throw_exception_if_processing_interrupted()
         z_in = z.to(torch.float32) if z.dtype == torch.float64 else z
         s_in = sigma.reshape(1).to(device=z.device, dtype=z_in.dtype).expand(z.shape[0])

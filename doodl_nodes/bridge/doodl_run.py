@@ -20,7 +20,7 @@ from ..core.edict import edict_sample
 from ..core.optimize import DoodlConfig, IterationInfo, doodl_optimize
 from .chain import ChainModel, model_fingerprint, run_in_guider
 from .edict_latent import EdictLatent
-from .edict_ops import _start_index, check_latent_fits, check_sigmas, seed_noise
+from .edict_ops import start_index_in, check_latent_fits, check_sigmas, seed_noise
 from .progress import Progress, send_event
 from .render import image_strip, loss_plot
 from .vae import check_vae_matches, decode_differentiable
@@ -104,7 +104,7 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         cfg_run = request.config
     else:
         shape = edict_latent.x.shape
-        start = _start_index(edict_latent, sig64)
+        start = start_index_in(edict_latent, sig64)
         cfg_run = replace(request.config, p=edict_latent.p, leapfrog=edict_latent.leapfrog)
     steps = sig64.numel() - 1 - start
     cfg_run.validate(steps)
@@ -183,7 +183,6 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
                            cfg_run.leapfrog, model_fingerprint(chain.base_model), "doodl")
         out = (chain.base_model.process_latent_out(final_x0.float()).cpu(),
                chain.base_model.process_latent_out(best_x0.float()).cpu(), result, pair)
-        state["images"] = None
         return out
 
     extra_patchers = [vae.patcher] + list(scorer.comfy_models())

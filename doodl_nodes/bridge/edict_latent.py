@@ -27,12 +27,6 @@ class EdictLatent:
     model_key: str             # bridge.chain.model_fingerprint of the model that made it
     source: str = "inversion"  # "inversion" | "noise" | "doodl"
 
-    def describe(self) -> str:
-        b, c, h, w = self.x.shape
-        return (f"EDICT pair {b}x{c}x{h}x{w} from {self.source}, {self.sigmas.numel() - 1} steps "
-                f"(sigma {float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}), p={self.p}, "
-                f"leapfrog={self.leapfrog}")
-
     def check_compatible(self, sigmas: torch.Tensor, model_key: str, latent_shape=None,
                          input_name: str = "edict_latent") -> None:
         """Raise ``EdictLatentMismatch`` naming the input if regeneration would not be exact."""

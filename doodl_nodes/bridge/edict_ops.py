@@ -13,7 +13,7 @@ from .edict_latent import EdictLatent
 from .progress import Progress
 
 __all__ = ["check_sigmas", "check_latent_fits", "invert_latent", "generate_latent", "sample_edict",
-           "seed_noise"]
+           "seed_noise", "start_index_in"]
 
 
 def check_sigmas(sigmas: torch.Tensor, input_name: str = "sigmas") -> torch.Tensor:
@@ -101,7 +101,7 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     else:
         shape = edict_latent.x.shape
         p_use, lf_use = edict_latent.p, edict_latent.leapfrog
-        start = _start_index(edict_latent, sig)
+        start = start_index_in(edict_latent, sig)
 
     def fn(chain: ChainModel):
         chain_sigmas = chain.sigmas[start:]
@@ -120,7 +120,7 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     return run_in_guider(model, positive, negative, cfg, sigmas, shape, fn, what="EDICT generation")
 
 
-def _start_index(el: EdictLatent, sigmas64: torch.Tensor) -> int:
+def start_index_in(el: EdictLatent, sigmas64: torch.Tensor) -> int:
     """Where the EDICT_LATENT's chain starts within ``sigmas``; raises if it is not part of it."""
     n = el.sigmas.numel()
     for start in range(sigmas64.numel() - n + 1):

@@ -16,16 +16,11 @@ from typing import Iterator
 import torch
 import torch.utils.checkpoint
 
-__all__ = ["LatentMismatchError", "check_vae_matches", "decode_differentiable", "decoder_checkpointing",
-           "vae_modules"]
+__all__ = ["LatentMismatchError", "check_vae_matches", "decode_differentiable", "decoder_checkpointing"]
 
 
 class LatentMismatchError(ValueError):
     """The VAE, the model and the latent disagree on the latent format."""
-
-
-def vae_modules(vae) -> list[torch.nn.Module]:
-    return [vae.first_stage_model]
 
 
 def check_vae_matches(vae, latent_format, what: str = "vae") -> None:

@@ -102,7 +102,7 @@ def results_markdown(results: dict) -> str:
             "validation image in all.", ""]
 
     if results.get("doodl_sweep"):
-        out += [f"## DOODL learning-rate sweep (same validation seeds)", "",
+        out += ["## DOODL learning-rate sweep (same validation seeds)", "",
                 "| lr | held-out acc. | per-class FD | guide acc. | guide CE first -> last iteration |",
                 "|---|---|---|---|---|"]
         for r in results["doodl_sweep"]:
