@@ -20,7 +20,7 @@ from ..core.edict import edict_sample
 from ..core.optimize import DoodlConfig, IterationInfo, doodl_optimize
 from .chain import ChainModel, model_fingerprint, run_in_guider
 from .edict_latent import EdictLatent
-from .edict_ops import start_index_in, check_latent_fits, check_sigmas, seed_noise
+from .edict_ops import check_latent_fits, check_sigmas, seed_noise
 from .progress import Progress, send_event
 from .render import image_strip, loss_plot
 from .vae import check_vae_matches, decode_differentiable
@@ -104,7 +104,7 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         cfg_run = request.config
     else:
         shape = edict_latent.x.shape
-        start = start_index_in(edict_latent, sig64)
+        start = edict_latent.start_index(sig64)
         cfg_run = replace(request.config, p=edict_latent.p, leapfrog=edict_latent.leapfrog)
     steps = sig64.numel() - 1 - start
     cfg_run.validate(steps)
@@ -115,12 +115,13 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
 
     def fn(chain: ChainModel):
         device = chain.device
+        model_key = model_fingerprint(chain.base_model)
         chain_sigmas = chain.sigmas[start:]
         if edict_latent is None:
             x = chain.initial_latent(noise)
             y = None
         else:
-            edict_latent.check_compatible(edict_latent.sigmas, model_fingerprint(chain.base_model))
+            edict_latent.check_model(model_key)
             x, y = edict_latent.x.to(device), edict_latent.y.to(device)
         scorer.to(device)
         gen = torch.Generator(device="cpu").manual_seed(int(cfg_run.seed) + 1)
@@ -180,7 +181,7 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         best_x0 = result.best_x0 if result.best_x0 is not None else final_x0
         pair = EdictLatent(result.best_x.detach().cpu(), result.best_y.detach().cpu(),
                            result.sigmas.detach().to("cpu", torch.float64), cfg_run.p,
-                           cfg_run.leapfrog, model_fingerprint(chain.base_model), "doodl")
+                           cfg_run.leapfrog, model_key, "doodl")
         out = (chain.base_model.process_latent_out(final_x0.float()).cpu(),
                chain.base_model.process_latent_out(best_x0.float()).cpu(), result, pair)
         return out

@@ -27,21 +27,23 @@ class EdictLatent:
     model_key: str             # bridge.chain.model_fingerprint of the model that made it
     source: str = "inversion"  # "inversion" | "noise" | "doodl"
 
-    def check_compatible(self, sigmas: torch.Tensor, model_key: str, latent_shape=None,
-                         input_name: str = "edict_latent") -> None:
-        """Raise ``EdictLatentMismatch`` naming the input if regeneration would not be exact."""
+    def start_index(self, sigmas: torch.Tensor, input_name: str = "edict_latent") -> int:
+        """Where this pair's chain starts within ``sigmas`` (its sigmas must be the tail of them:
+        the whole chain after inversion, a suffix after DOODL with a start step); raises
+        ``EdictLatentMismatch`` naming the input otherwise."""
         s = sigmas.detach().to("cpu", torch.float64)
-        if s.shape != self.sigmas.shape or not torch.allclose(s, self.sigmas, rtol=1e-6, atol=1e-9):
-            raise EdictLatentMismatch(
-                f"The {input_name} input was made with other sigmas ({self.sigmas.numel() - 1} steps, "
-                f"{float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}) than the SIGMAS given "
-                f"here ({s.numel() - 1} steps, {float(s[0]):.4g} -> {float(s[-1]):.4g}). Use the same "
-                "scheduler, steps and denoise for inversion and generation.")
+        n, start = self.sigmas.numel(), s.numel() - self.sigmas.numel()
+        if start >= 0 and torch.allclose(s[start:], self.sigmas, rtol=1e-6, atol=1e-9):
+            return start
+        raise EdictLatentMismatch(
+            f"The {input_name} input was made with other sigmas ({n - 1} steps, "
+            f"{float(self.sigmas[0]):.4g} -> {float(self.sigmas[-1]):.4g}) than the SIGMAS given "
+            f"here ({s.numel() - 1} steps, {float(s[0]):.4g} -> {float(s[-1]):.4g}). Use the same "
+            "scheduler, steps and denoise for inversion and generation.")
+
+    def check_model(self, model_key: str, input_name: str = "edict_latent") -> None:
+        """Raise ``EdictLatentMismatch`` naming the input if another model made this pair."""
         if model_key != self.model_key:
             raise EdictLatentMismatch(
                 f"The {input_name} input was made with another model ({self.model_key}) than the one "
                 f"connected here ({model_key}). Invert with the same model (and LoRAs) you generate with.")
-        if latent_shape is not None and tuple(latent_shape[1:]) != tuple(self.x.shape[1:]):
-            raise EdictLatentMismatch(
-                f"The {input_name} input has latent shape {tuple(self.x.shape)}, which does not fit "
-                f"{tuple(latent_shape)}.")

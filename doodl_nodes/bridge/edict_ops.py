@@ -13,7 +13,7 @@ from .edict_latent import EdictLatent
 from .progress import Progress
 
 __all__ = ["check_sigmas", "check_latent_fits", "invert_latent", "generate_latent", "sample_edict",
-           "seed_noise", "start_index_in"]
+           "seed_noise"]
 
 
 def check_sigmas(sigmas: torch.Tensor, input_name: str = "sigmas") -> torch.Tensor:
@@ -101,7 +101,7 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     else:
         shape = edict_latent.x.shape
         p_use, lf_use = edict_latent.p, edict_latent.leapfrog
-        start = start_index_in(edict_latent, sig)
+        start = edict_latent.start_index(sig)
 
     def fn(chain: ChainModel):
         chain_sigmas = chain.sigmas[start:]
@@ -110,7 +110,7 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
             x = chain.initial_latent(noise)
             y = x.clone()
         else:
-            edict_latent.check_compatible(edict_latent.sigmas, model_fingerprint(chain.base_model))
+            edict_latent.check_model(model_fingerprint(chain.base_model))
             x = edict_latent.x.to(chain.device)
             y = edict_latent.y.to(chain.device)
         x0, _ = edict_sample(chain.denoise, x, y, chain_sigmas, p=p_use, leapfrog=lf_use,
@@ -118,17 +118,6 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
         return chain.base_model.process_latent_out(x0.float()).cpu()
 
     return run_in_guider(model, positive, negative, cfg, sigmas, shape, fn, what="EDICT generation")
-
-
-def start_index_in(el: EdictLatent, sigmas64: torch.Tensor) -> int:
-    """Where the EDICT_LATENT's chain starts within ``sigmas``; raises if it is not part of it."""
-    n = el.sigmas.numel()
-    for start in range(sigmas64.numel() - n + 1):
-        if torch.allclose(sigmas64[start:start + n], el.sigmas, rtol=1e-6, atol=1e-9):
-            if start + n == sigmas64.numel():
-                return start
-    el.check_compatible(sigmas64, el.model_key)  # raises the sigma mismatch message
-    return 0
 
 
 def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None, p: float = 0.93,
