@@ -208,3 +208,18 @@ def test_input_errors_name_the_input(comfy):
             _optimize(model, vae, pos, neg, sigmas, latent=tiny_latent("eps"), iterations=1, start_step=2)
         with pytest.raises(ValueError, match="Connect a latent"):
             _optimize(model, vae, pos, neg, sigmas, iterations=1)
+
+
+def test_best_pair_after_a_start_step_regenerates_the_best_latent(comfy):
+    """With start_step > 0 the best pair lives at sigmas[start_step]; EDICT Generate given the full
+    SIGMAS finds where its chain starts (and its leapfrog parity) and reproduces the best latent."""
+    from doodl_nodes.nodes.edict_nodes import EDICTGenerate
+    from tests.comfy.tiny_models import tiny_latent
+
+    model, vae, pos, neg, sigmas = _setup("eps", steps=4)
+    with torch.inference_mode():
+        out = _optimize(model, vae, pos, neg, sigmas, latent=tiny_latent("eps"), iterations=2, start_step=2, lr=5.0)
+        pair = out["result"][5]
+        regen = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=pair)[0]
+    assert pair.sigmas.numel() == 3
+    assert torch.allclose(regen["samples"], out["result"][1]["samples"], rtol=1e-5, atol=1e-5)
