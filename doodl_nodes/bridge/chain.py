@@ -31,7 +31,7 @@ from .autograd import clone_tensor_tree, make_autograd_safe
 from .cuda_graphs import GraphedGuider, cuda_graphs_enabled, graph_blockers, torch_compile_enabled
 from .safety import check_exactness_safe, check_gradient_safe
 
-__all__ = ["ChainModel", "run_in_guider", "PRECISIONS", "model_fingerprint", "cuda_graphs_enabled",
+__all__ = ["ChainModel", "model_input_scale", "run_in_guider", "PRECISIONS", "model_fingerprint", "cuda_graphs_enabled",
            "torch_compile_enabled"]
 
 PRECISIONS = ("bf16", "fp32")
@@ -52,6 +52,15 @@ def model_fingerprint(base_model) -> str:
             h.update(f"{tuple(p.shape)}:{float(p.detach().double().sum()):.10e}".encode())
     parts.append(h.hexdigest()[:16])
     return "/".join(parts)
+
+
+def model_input_scale(model_sampling, sigma: torch.Tensor) -> torch.Tensor:
+    """``c_in(sigma)``: the factor a model applies to a latent at ``sigma`` before its network
+    (``model_sampling.calculate_input`` on ones, linear in the latent for every model_sampling
+    ComfyUI ships), 0-d, in ``sigma``'s dtype and device. EDICT's second model call uses it
+    (``core/edict.py``): EPS/V give ``1 / sqrt(1 + sigma**2)``, flow models 1."""
+    s = sigma.detach().reshape(1)
+    return model_sampling.calculate_input(s, torch.ones_like(s).reshape(1, 1)).reshape(())
 
 
 @dataclass
@@ -113,11 +122,14 @@ class ChainModel:
         """Counters of the CUDA-graph fast path (empty when it is not in use)."""
         return {} if self._graphs is None else dict(self._graphs.stats)
 
+    def input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``c_in(sigma)`` of this model (see :func:`model_input_scale`)."""
+        return model_input_scale(self.model_sampling, sigma)
+
     def noise_scale(self, sigma: float) -> float:
-        """Scale that makes unit-variance noise a latent at ``sigma`` (1 / calculate_input)."""
-        s = torch.tensor([float(sigma)], dtype=torch.float64, device=self.device)
-        one = torch.ones((1, 1), dtype=torch.float64, device=self.device)
-        return float(1.0 / self.model_sampling.calculate_input(s, one).reshape(()))
+        """Scale that makes unit-variance noise a latent at ``sigma`` (1 / c_in)."""
+        return float(1.0 / self.input_scale(torch.tensor(float(sigma), dtype=torch.float64,
+                                                         device=self.device)))
 
     def initial_latent(self, noise: torch.Tensor) -> torch.Tensor:
         """ComfyUI's starting latent for unit noise at ``sigmas[0]`` (as KSAMPLER builds it, in

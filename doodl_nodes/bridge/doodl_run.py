@@ -160,7 +160,8 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         try:
             result = doodl_optimize(chain.denoise, objective, x, chain_sigmas, cfg_run, y=y,
                                     callback=on_iteration, noise_scale=chain.noise_scale,
-                                    step_callback=on_step)
+                                    step_callback=on_step, start_index=start,
+                                    input_scale=chain.input_scale)
         except torch.cuda.OutOfMemoryError as exc:
             oom = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
         else:
@@ -177,7 +178,8 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
             with torch.no_grad():
                 final_x0, _ = edict_sample(chain.denoise, result.x, result.y, result.sigmas,
                                            p=cfg_run.p, leapfrog=cfg_run.leapfrog,
-                                           start_index=start + cfg_run.start_step)
+                                           start_index=start + cfg_run.start_step,
+                                           input_scale=chain.input_scale)
         best_x0 = result.best_x0 if result.best_x0 is not None else final_x0
         pair = EdictLatent(result.best_x.detach().cpu(), result.best_y.detach().cpu(),
                            result.sigmas.detach().to("cpu", torch.float64), cfg_run.p,

@@ -1,6 +1,7 @@
 """EDICT generation and inversion on ComfyUI models (what the EDICT nodes and sampler call)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -8,7 +9,7 @@ import torch
 import comfy.sample
 
 from ..core.edict import edict_invert, edict_sample, validate_chain
-from .chain import ChainModel, model_fingerprint, run_in_guider
+from .chain import ChainModel, model_fingerprint, model_input_scale, run_in_guider
 from .edict_latent import EdictLatent
 from .progress import Progress
 
@@ -73,7 +74,7 @@ def invert_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor, l
         with torch.inference_mode(False):
             lat = chain.base_model.process_latent_in(samples.to(chain.device).float()).double()
         x, y = edict_invert(chain.denoise, lat, lat.clone(), chain.sigmas, p=p, leapfrog=leapfrog,
-                            callback=lambda *_: progress.step())
+                            callback=lambda *_: progress.step(), input_scale=chain.input_scale)
         key = model_fingerprint(chain.base_model)
         view = chain.base_model.process_latent_out(x.float()).cpu()
         el = EdictLatent(x.cpu(), y.cpu(), chain.sigmas.detach().to("cpu", torch.float64), p, leapfrog,
@@ -114,7 +115,8 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
             x = edict_latent.x.to(chain.device)
             y = edict_latent.y.to(chain.device)
         x0, _ = edict_sample(chain.denoise, x, y, chain_sigmas, p=p_use, leapfrog=lf_use,
-                             callback=lambda *_: progress.step(), start_index=start)
+                             callback=lambda *_: progress.step(), start_index=start,
+                             input_scale=chain.input_scale)
         return chain.base_model.process_latent_out(x0.float()).cpu()
 
     return run_in_guider(model, positive, negative, cfg, sigmas, shape, fn, what="EDICT generation")
@@ -141,5 +143,8 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
     with torch.no_grad():  # weights may require grad; EDICT sampling never needs it
         x64 = x.detach().to(torch.float64)
-        x0, _ = edict_sample(denoise, x64, x64.clone(), sigmas, p=p, leapfrog=leapfrog, callback=step_cb)
+        # model: KSamplerX0Inpaint -> guider -> BaseModel
+        c_in = functools.partial(model_input_scale, model.inner_model.inner_model.model_sampling)
+        x0, _ = edict_sample(denoise, x64, x64.clone(), sigmas, p=p, leapfrog=leapfrog, callback=step_cb,
+                             input_scale=c_in)
     return x0.to(x.dtype)

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .edict import Denoiser, _sigmas_as, _x_first, edict_step, edict_step_inverse, validate_chain
+from .edict import (Denoiser, InputScale, _sigmas_as, edict_step, edict_step_inverse, updates_x_first,
+                    validate_chain)
 
 __all__ = ["GRAD_MODES", "Objective", "edict_value_and_grad"]
 
@@ -49,12 +50,13 @@ def _objective_grads(objective: Objective, x0: torch.Tensor, y0: torch.Tensor):
 
 def _step_vjp(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor,
               s_next: torch.Tensor, p: float, x_first: bool, gx: torch.Tensor,
-              gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              gy: torch.Tensor, input_scale: Optional[InputScale] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pull the cotangent (gx, gy) of a step's output back to its input (x, y)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         y = y.detach().requires_grad_(True)
-        x_n, y_n = edict_step(denoise, x, y, s, s_next, p, x_first)
+        x_n, y_n = edict_step(denoise, x, y, s, s_next, p, x_first, input_scale)
         ax, ay = torch.autograd.grad((x_n, y_n), (x, y), grad_outputs=(gx, gy), allow_unused=True)
     ax = torch.zeros_like(x) if ax is None else ax
     ay = torch.zeros_like(y) if ay is None else ay
@@ -65,11 +67,12 @@ def edict_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tenso
                          sigmas: torch.Tensor, *, p: float = 0.93, leapfrog: bool = True,
                          mode: str = "checkpoint", start_index: int = 0,
                          step_callback: Optional[PhaseCallback] = None,
-                         return_outputs: bool = False):
+                         return_outputs: bool = False, input_scale: Optional[InputScale] = None):
     """``loss = objective(*edict_sample(denoise, x, y, sigmas))`` and ``d loss / d (x, y)``.
 
     Returns ``(loss, grad_x, grad_y)`` (``loss`` a detached 0-d tensor), plus ``(x0, y0)`` when
     ``return_outputs``. The objective sees ``(x0, y0)`` as leaves requiring grad; it may use either.
+    ``start_index`` and ``input_scale`` mean what they mean for ``edict_sample``.
     """
     if mode not in GRAD_MODES:
         raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}")
@@ -84,7 +87,8 @@ def edict_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tenso
         for k in range(total):
             if mode == "checkpoint":
                 inputs.append((x, y))
-            x, y = edict_step(denoise, x, y, s[k], s[k + 1], p, _x_first(start_index + k, leapfrog))
+            x, y = edict_step(denoise, x, y, s[k], s[k + 1], p,
+                              updates_x_first(start_index + k, leapfrog), input_scale)
             if step_callback is not None:
                 step_callback("forward", k, total)
     x0, y0 = x, y
@@ -92,13 +96,13 @@ def edict_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tenso
     loss, gx, gy = _objective_grads(objective, x0, y0)
 
     for k in reversed(range(total)):
-        x_first = _x_first(start_index + k, leapfrog)
+        x_first = updates_x_first(start_index + k, leapfrog)
         if mode == "checkpoint":
             x, y = inputs.pop()
         else:
             with torch.no_grad():
-                x, y = edict_step_inverse(denoise, x, y, s[k], s[k + 1], p, x_first)
-        gx, gy = _step_vjp(denoise, x, y, s[k], s[k + 1], p, x_first, gx, gy)
+                x, y = edict_step_inverse(denoise, x, y, s[k], s[k + 1], p, x_first, input_scale)
+        gx, gy = _step_vjp(denoise, x, y, s[k], s[k + 1], p, x_first, gx, gy, input_scale)
         if step_callback is not None:
             step_callback("backward", k, total)
     if return_outputs:

@@ -6,9 +6,21 @@ and a deterministic Euler step ``z + (sigma_next - sigma) * d`` *is* DDIM. EDICT
 two sequences ``x`` and ``y``; one step from ``sigma`` to ``sigma_next`` is::
 
     x_inter = x + (sigma_next - sigma) * d(y, sigma)
-    y_inter = y + (sigma_next - sigma) * d(x_inter, sigma)
+    y_inter = y + (sigma_next - sigma) * d(r * x_inter, sigma),  r = c_in(sigma_next) / c_in(sigma)
     x_next  = p * x_inter + (1 - p) * y_inter            # mixing, always x then y
     y_next  = p * y_inter + (1 - p) * x_next
+
+The factor ``r`` is what makes this the official alpha-space update. There the second model call
+sees ``x_inter`` exactly as it was formed (already at the next noise level) and is labelled with the
+current timestep. A model sees ``c_in(sigma) * z`` for a latent ``z`` (ComfyUI's
+``model_sampling.calculate_input``), so calling ``denoise(x_inter, sigma)`` would show it
+``x_inter * c_in(sigma)`` instead of ``x_inter * c_in(sigma_next)``: too small by
+``sqrt(alpha_bar_t / alpha_bar_t-1)`` for EPS/V models (0.89 at the first of 50 SD steps). Passing
+``r * x_inter`` shows the model exactly the official input; the direction read from that call is the
+model's epsilon there. ``input_scale`` gives ``c_in``: :func:`vp_input_scale` (``1 / sqrt(1 +
+sigma**2)``, EPS and V models with sigma_data 1: SD1.x, SD2.x, SDXL) is the default; the ComfyUI
+bridge passes each model's own ``calculate_input``, which for flow models (c_in = 1) makes ``r = 1``
+(chosen by measurement: see benchmarks/edict_flow_choice.py and the README's Fidelity section).
 
 With ``leapfrog=True`` (the official code's default) odd steps swap the roles of x and y in the
 first two lines (y is updated first, from d(x)); the inverse mirrors the parity. The inverse of a
@@ -18,8 +30,8 @@ rounding for any deterministic denoiser. Keep the state in float64 for that; the
 in any dtype (its output is cast back to the state dtype).
 
 Steps are numbered by their index ``i`` into ``sigmas`` (step ``i`` goes from ``sigmas[i]`` to
-``sigmas[i+1]``); ``start_index`` shifts the numbering of a sub-chain so that its leapfrog parity
-matches the full chain it was cut from.
+``sigmas[i+1]``); ``start_index`` is the absolute index of ``sigmas[0]`` in the SIGMAS a chain was cut
+from, so that every entry point (sampling, inversion, DOODL) gives a step the same parity.
 """
 from __future__ import annotations
 
@@ -28,11 +40,14 @@ from typing import Callable, Optional
 import torch
 
 __all__ = [
-    "Denoiser", "StepCallback", "validate_chain", "ode_direction", "edict_step",
-    "edict_step_inverse", "edict_sample", "edict_invert",
+    "Denoiser", "InputScale", "StepCallback", "validate_chain", "ode_direction", "edict_step",
+    "edict_step_inverse", "edict_sample", "edict_invert", "vp_input_scale", "unit_input_scale",
+    "second_call_scale", "updates_x_first",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``c_in(sigma)``: the factor a model applies to a latent at ``sigma`` before its network
+InputScale = Callable[[torch.Tensor], torch.Tensor]
 # callback(i, total, x, y): called after step i (generation) or after undoing step i (inversion)
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -74,22 +89,44 @@ def ode_direction(denoise: Denoiser, z: torch.Tensor, sigma: torch.Tensor) -> to
     return (z - den.to(z.dtype)) / sigma
 
 
-def _x_first(i: int, leapfrog: bool) -> bool:
+def vp_input_scale(sigma: torch.Tensor) -> torch.Tensor:
+    """``c_in = 1 / sqrt(1 + sigma**2)``: EPS and V-prediction models (sigma_data 1) in sigma space,
+    where ``c_in * z`` is the official alpha-space latent ``sqrt(alpha_bar) * z``."""
+    return torch.rsqrt(1 + sigma * sigma)
+
+
+def unit_input_scale(sigma: torch.Tensor) -> torch.Tensor:
+    """``c_in = 1``: models that see the latent as it is (flow models: SD3, Flux)."""
+    return torch.ones_like(sigma)
+
+
+def second_call_scale(input_scale: Optional[InputScale], sigma: torch.Tensor,
+                      sigma_next: torch.Tensor) -> torch.Tensor:
+    """``r = c_in(sigma_next) / c_in(sigma)``: the factor on ``x_inter`` for the step's second model
+    call (see the module docstring)."""
+    c_in = vp_input_scale if input_scale is None else input_scale
+    return c_in(sigma_next) / c_in(sigma)
+
+
+def updates_x_first(i: int, leapfrog: bool) -> bool:
+    """Whether step ``i`` (absolute index in SIGMAS) updates x before y."""
     return (not leapfrog) or (i % 2 == 0)
 
 
 def edict_step(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
-               sigma_next: torch.Tensor, p: float, x_first: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One EDICT step from ``sigma`` to ``sigma_next`` (eq. 5). ``x_first=False`` is the leapfrog
-    variant: y is updated first (from d(x)), then x (from d(y_inter))."""
+               sigma_next: torch.Tensor, p: float, x_first: bool = True,
+               input_scale: Optional[InputScale] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One EDICT step from ``sigma`` to ``sigma_next`` (eq. 5, the official update; see the module
+    docstring). ``x_first=False`` is the leapfrog variant: y is updated first (from d(x)), then x
+    (from d(y_inter))."""
     dt = sigma_next - sigma
+    r = second_call_scale(input_scale, sigma, sigma_next)
     if x_first:
         x_i = x + dt * ode_direction(denoise, y, sigma)
-        y_i = y + dt * ode_direction(denoise, x_i, sigma)
+        y_i = y + dt * ode_direction(denoise, r * x_i, sigma)
     else:
         y_i = y + dt * ode_direction(denoise, x, sigma)
-        x_i = x + dt * ode_direction(denoise, y_i, sigma)
+        x_i = x + dt * ode_direction(denoise, r * y_i, sigma)
     x_n = p * x_i + (1 - p) * y_i
     y_n = p * y_i + (1 - p) * x_n
     return x_n, y_n
@@ -97,16 +134,18 @@ def edict_step(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigma: torch
 
 def edict_step_inverse(denoise: Denoiser, x_n: torch.Tensor, y_n: torch.Tensor,
                        sigma: torch.Tensor, sigma_next: torch.Tensor, p: float,
-                       x_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                       x_first: bool = True, input_scale: Optional[InputScale] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inverse of :func:`edict_step` with the same arguments (eq. 6)."""
     dt = sigma_next - sigma
+    r = second_call_scale(input_scale, sigma, sigma_next)
     y_i = (y_n - (1 - p) * x_n) / p
     x_i = (x_n - (1 - p) * y_i) / p
     if x_first:
-        y = y_i - dt * ode_direction(denoise, x_i, sigma)
+        y = y_i - dt * ode_direction(denoise, r * x_i, sigma)
         x = x_i - dt * ode_direction(denoise, y, sigma)
     else:
-        x = x_i - dt * ode_direction(denoise, y_i, sigma)
+        x = x_i - dt * ode_direction(denoise, r * y_i, sigma)
         y = y_i - dt * ode_direction(denoise, x, sigma)
     return x, y
 
@@ -119,17 +158,20 @@ def _sigmas_as(sigmas: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def edict_sample(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigmas: torch.Tensor, *,
                  p: float = 0.93, leapfrog: bool = True, callback: Optional[StepCallback] = None,
-                 start_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 start_index: int = 0, input_scale: Optional[InputScale] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EDICT generation from ``sigmas[0]`` to ``sigmas[-1]``; returns ``(x0, y0)``.
 
     The coupled state is computed in the dtype of ``x`` (pass float64 for exact inversion).
-    ``start_index`` is the global index of ``sigmas[0]`` in a longer chain (leapfrog parity).
+    ``start_index`` is the absolute index of ``sigmas[0]`` in the SIGMAS the chain was cut from
+    (leapfrog parity). ``input_scale`` is the model's ``c_in`` (default :func:`vp_input_scale`).
     """
     validate_chain(x, y, sigmas, p)
     s = _sigmas_as(sigmas, x)
     total = s.numel() - 1
     for k in range(total):
-        x, y = edict_step(denoise, x, y, s[k], s[k + 1], p, _x_first(start_index + k, leapfrog))
+        x, y = edict_step(denoise, x, y, s[k], s[k + 1], p, updates_x_first(start_index + k, leapfrog),
+                          input_scale)
         if callback is not None:
             callback(k, total, x, y)
     return x, y
@@ -137,7 +179,8 @@ def edict_sample(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigmas: to
 
 def edict_invert(denoise: Denoiser, x0: torch.Tensor, y0: torch.Tensor, sigmas: torch.Tensor, *,
                  p: float = 0.93, leapfrog: bool = True, callback: Optional[StepCallback] = None,
-                 start_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                 start_index: int = 0, input_scale: Optional[InputScale] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inverse of :func:`edict_sample` with the same ``sigmas`` (descending, as given to the
     generator): walks the steps backwards from ``sigmas[-1]`` to ``sigmas[0]``.
 
@@ -150,7 +193,7 @@ def edict_invert(denoise: Denoiser, x0: torch.Tensor, y0: torch.Tensor, sigmas: 
     x, y = x0, y0
     for k in reversed(range(total)):
         x, y = edict_step_inverse(denoise, x, y, s[k], s[k + 1], p,
-                                  _x_first(start_index + k, leapfrog))
+                                  updates_x_first(start_index + k, leapfrog), input_scale)
         if callback is not None:
             callback(k, total, x, y)
     return x, y

@@ -1,18 +1,26 @@
 """DOODL: direct optimization of the EDICT starting pair (paper Algorithm 1, eqs. 8-9).
 
-One iteration ``m`` (reference-notes §1.2, the released code's order)::
+One iteration ``m``, in the released code's order (``doodl.py``, ``gen()``; proved equal to an
+independent port of it in ``tests/reference/``)::
 
     loss, (g_x, g_y) = value_and_grad(chain + objective) at (x_m, y_m)     # backprop.py
-    g   = clamp(-lr * grad, -clip, clip)         # gradient of lr * loss, element-wise clip
-    g   = mean(g_x, g_y) for both, if tie_latents
-    b   = momentum * b + g                       # b starts at 0
+    g   = -lr * grad                             # gradient of lr * loss (grad_scale)
+    g   = mean(g_x, g_y) for both, if tie_latents   # tie first ...
+    g   = clamp(g, -clip, clip)                  # ... then the element-wise clip
+    b   = momentum * b + g                       # b starts at g
     x  += b_x + n ; y += b_y + n                 # n ~ perturbation * N(0, I), the same draw for x and y
     x = y = (x + y) / 2, if tie_latents
-    rescale x and y to their initial norms, if renormalize
+    rescale x and y to the starting noise's norms, if renormalize
 
 Everything above acts on the *optimized variable* ``u = x / noise_scale``: pass the factor that makes
 the starting noise unit-variance (``sqrt(1 + sigma_max**2)`` for an EPS/V chain in sigma space, 1 for
 flow) so ``clip`` and ``perturbation`` mean what they mean in the paper, where x_T ~ N(0, I).
+
+``start_step`` > 0 (the released ``opt_t``) first denoises that many steps without grad, ties the pair
+if ``tie_latents`` (as the released code does), and then optimizes the partly denoised pair; the
+renormalization target stays the norm of the starting noise (the released code's ``orig_norm``).
+Step parity always counts from ``start_index``, the absolute index of ``sigmas[0]`` in the SIGMAS the
+chain belongs to, so an optimized pair regenerates with EDICT exactly as it was scored.
 
 The best iterate (lowest loss) is kept. After the last update, the final iterate is scored with a
 forward-only pass (``evaluate_final``) so that ``best_*`` covers every iterate that was produced.
@@ -22,13 +30,13 @@ and ``status == "nonfinite"``. An all-zero gradient is reported in ``warnings``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import torch
 
 from .backprop import GRAD_MODES, Objective, PhaseCallback, edict_value_and_grad
-from .edict import Denoiser, _sigmas_as, edict_sample, validate_chain
+from .edict import Denoiser, InputScale, _sigmas_as, edict_sample, validate_chain
 
 __all__ = ["DoodlConfig", "DoodlResult", "IterationInfo", "doodl_optimize", "doodl_update"]
 
@@ -77,9 +85,6 @@ class DoodlConfig:
                              f"number of sampling steps ({num_steps}): at least one step must remain "
                              "to optimize through")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class IterationInfo:
@@ -126,10 +131,10 @@ def doodl_update(u: tuple[torch.Tensor, torch.Tensor], grad: tuple[torch.Tensor,
     Returns ``(new_u, new_velocity)``. Pure function of its inputs and the generator state.
     """
     gx, gy = (-config.lr * g for g in grad)
+    if config.tie_latents:  # the released order: tie, then clip
+        gx = gy = (gx + gy) / 2
     if config.clip > 0:
         gx, gy = gx.clamp(-config.clip, config.clip), gy.clamp(-config.clip, config.clip)
-    if config.tie_latents:
-        gx = gy = (gx + gy) / 2
     if velocity is None:
         bx, by = gx, gy
     else:
@@ -163,11 +168,15 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
                    config: DoodlConfig, *, y: Optional[torch.Tensor] = None,
                    callback: Optional[Callable[[IterationInfo], Optional[bool]]] = None,
                    noise_scale: Union[float, Callable[[float], float]] = 1.0,
-                   step_callback: Optional[PhaseCallback] = None) -> DoodlResult:
+                   step_callback: Optional[PhaseCallback] = None, start_index: int = 0,
+                   input_scale: Optional[InputScale] = None) -> DoodlResult:
     """Optimize the EDICT starting pair to minimize ``objective(x0, y0)`` (Algorithm 1).
 
     ``y=None`` means ``y = x`` (text-to-image); a pair from ``edict_invert`` is editing.
-    ``noise_scale`` is a number, or a function of the starting sigma (used with ``start_step``).
+    ``noise_scale`` is a number, or a function of a sigma (the scale at ``sigmas[start_step]`` sets
+    the optimized variable, the one at ``sigmas[0]`` the renormalization target).
+    ``start_index`` is the absolute index of ``sigmas[0]`` in the SIGMAS the pair belongs to (step
+    parity); ``input_scale`` the model's ``c_in`` (see ``edict.py``).
     ``callback(info)`` runs once per iteration; returning True stops the run.
     ``step_callback(phase, k, total)`` runs after every chain step (progress, interrupts).
     """
@@ -177,24 +186,32 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
     config.validate(num_steps)
     s = _sigmas_as(sigmas, x)
     k0 = config.start_step
+    chain_kw = dict(p=config.p, leapfrog=config.leapfrog, input_scale=input_scale)
+
+    def scale_at(sigma) -> float:
+        v = float(noise_scale(float(sigma)) if callable(noise_scale) else noise_scale)
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"noise_scale must be a positive finite number, got {v!r}")
+        return v
+
     x, y = x.detach(), y.detach()
+    scale0 = scale_at(s[0])
+    norms0 = (_norms(x / scale0), _norms(y / scale0))   # the released code's orig_norm
     if k0 > 0:
         with torch.no_grad():
-            x, y = edict_sample(denoise, x, y, s[:k0 + 1], p=config.p, leapfrog=config.leapfrog)
+            x, y = edict_sample(denoise, x, y, s[:k0 + 1], start_index=start_index, **chain_kw)
+        if config.tie_latents:
+            x = y = (x + y) / 2
     chain = s[k0:]
-    scale = float(noise_scale(float(chain[0])) if callable(noise_scale) else noise_scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"noise_scale must be a positive finite number, got {scale!r}")
+    scale = scale_at(chain[0])
 
     def value_and_grad(ux, uy):
-        return edict_value_and_grad(denoise, objective, ux * scale, uy * scale, chain, p=config.p,
-                                    leapfrog=config.leapfrog, mode=config.grad_mode,
-                                    start_index=k0, step_callback=step_callback,
-                                    return_outputs=True)
+        return edict_value_and_grad(denoise, objective, ux * scale, uy * scale, chain,
+                                    mode=config.grad_mode, start_index=start_index + k0,
+                                    step_callback=step_callback, return_outputs=True, **chain_kw)
 
     generator = torch.Generator(device="cpu").manual_seed(int(config.seed))
     u = (x / scale, y / scale)
-    norms0 = (_norms(u[0]), _norms(u[1]))
     velocity = None
     result = DoodlResult(x=x, y=y, best_x=x, best_y=y, best_loss=math.inf, start_step=k0,
                          sigmas=chain)
@@ -233,8 +250,8 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
     else:
         if config.evaluate_final and config.iterations > 0:
             with torch.no_grad():
-                x0, y0 = edict_sample(denoise, result.x, result.y, chain, p=config.p,
-                                      leapfrog=config.leapfrog, start_index=k0)
+                x0, y0 = edict_sample(denoise, result.x, result.y, chain,
+                                      start_index=start_index + k0, **chain_kw)
             with torch.enable_grad():  # objectives may build graphs; we only need the value
                 final = float(objective(x0, y0).detach())
             if math.isfinite(final):

@@ -112,7 +112,8 @@ def run_unguided(denoise, noise: torch.Tensor, sigmas: torch.Tensor, *, p: float
     t0 = time.perf_counter()
     x = noise * sigmas[0]
     with torch.no_grad(), progress(len(sigmas) - 1, desc, disable=not show_progress) as bar:
-        x0, _ = edict_sample(counter, x, x, sigmas, p=p, callback=lambda *a: bar.update(1))
+        x0, _ = edict_sample(counter, x, x, sigmas, p=p, callback=lambda *a: bar.update(1),
+                             input_scale=denoise.input_scale)
     return _finish(counter, x0, noise.shape[0], t0)
 
 
@@ -126,7 +127,8 @@ def run_one_step(denoise, loss: GuideLoss, noise: torch.Tensor, sigmas: torch.Te
     x = noise * sigmas[0]
     with torch.no_grad(), progress(len(sigmas) - 1, desc or f"one-step guidance (scale {scale:g})",
                                    disable=not show_progress) as bar:
-        x0, _ = edict_sample(guided, x, x, sigmas, p=p, callback=lambda *a: bar.update(1))
+        x0, _ = edict_sample(guided, x, x, sigmas, p=p, callback=lambda *a: bar.update(1),
+                             input_scale=denoise.input_scale)
     return _finish(counter, x0, noise.shape[0], t0, scale=scale)
 
 
@@ -161,9 +163,11 @@ def run_doodl(denoise, loss: GuideLoss, noise: torch.Tensor, sigmas: torch.Tenso
             bar.set_postfix_str(f"mean CE {info.loss / n:.3f}")
 
         result = doodl_optimize(counter, objective, noise * sigma_max, sigmas, config,
-                                callback=callback, noise_scale=sigma_max)
+                                callback=callback, noise_scale=sigma_max,
+                                input_scale=denoise.input_scale)
     with torch.no_grad():
-        x0, _ = edict_sample(counter, result.x, result.y, sigmas, p=config.p, leapfrog=config.leapfrog)
+        x0, _ = edict_sample(counter, result.x, result.y, sigmas, p=config.p, leapfrog=config.leapfrog,
+                             input_scale=denoise.input_scale)
     return _finish(counter, x0, n, t0, objective=[v / n for v in result.losses],
                    per_image_losses=torch.stack(per_image) if per_image else torch.empty(0, n),
                    status=result.status, warnings=list(result.warnings))

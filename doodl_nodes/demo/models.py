@@ -73,6 +73,10 @@ class DigitDenoiser(nn.Module):
     def denoise(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return self(z, sigma)
 
+    def input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``c_in(sigma)`` of the EDM preconditioning (what EDICT's second call needs)."""
+        return torch.rsqrt(sigma * sigma + self.sigma_data ** 2)
+
 
 class GuideCNN(nn.Module):
     """The guiding classifier (the paper's guiding CLIP / WS-DAN): a small CNN."""

@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
-from doodl_nodes.core.edict import edict_invert, edict_sample, edict_step, validate_chain
+from doodl_nodes.core.edict import (edict_invert, edict_sample, edict_step, unit_input_scale,
+                                    validate_chain)
 from tests.core.toys import ConvDenoiser, GaussianDenoiser, karras_sigmas
 
 SHAPE = (1, 4, 8, 8)
@@ -54,26 +57,51 @@ def test_gaussian_chain_recovers_data_scale():
     assert torch.allclose(std, den.var[0].sqrt(), rtol=0.3, atol=0.05)
 
 
-def test_hand_computed_step():
-    """One EDICT step on scalars with denoise(z, s) = z / 2 (d = 1/(2s) * z)."""
+@pytest.mark.parametrize("scaling", ["vp", "unit"])
+def test_hand_computed_step(scaling):
+    """One EDICT step on scalars with denoise(z, s) = z / 2 (d = 1/(2s) * z). The second call sees
+    ``r * x_inter`` with ``r = c_in(sigma_next) / c_in(sigma)``: sqrt(5/2) for the default (EPS/V)
+    scaling from sigma 2 to 1, and 1 for a flow model's unit scaling."""
     den = lambda z, s: z / 2  # noqa: E731
     x = torch.tensor([2.0], dtype=torch.float64)
     y = torch.tensor([4.0], dtype=torch.float64)
     s, sn, p = torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), 0.9
+    r = math.sqrt(5 / 2) if scaling == "vp" else 1.0
+    kw = {} if scaling == "vp" else {"input_scale": unit_input_scale}
     # d(z, 2) = (z - z/2) / 2 = z / 4; dt = -1
     x_i = 2 - 4 / 4            # 1
-    y_i = 4 - x_i / 4          # 3.75
+    y_i = 4 - r * x_i / 4
     x_n = 0.9 * x_i + 0.1 * y_i
     y_n = 0.9 * y_i + 0.1 * x_n
-    xo, yo = edict_step(den, x, y, s, sn, p, x_first=True)
+    xo, yo = edict_step(den, x, y, s, sn, p, x_first=True, **kw)
     assert xo.item() == pytest.approx(x_n, abs=1e-15) and yo.item() == pytest.approx(y_n, abs=1e-15)
-    # leapfrog variant: y first from d(x), then x from d(y_inter)
+    # leapfrog variant: y first from d(x), then x from d(r * y_inter)
     y_i2 = 4 - 2 / 4           # 3.5
-    x_i2 = 2 - y_i2 / 4        # 1.125
+    x_i2 = 2 - r * y_i2 / 4
     x_n2 = 0.9 * x_i2 + 0.1 * y_i2
     y_n2 = 0.9 * y_i2 + 0.1 * x_n2
-    xo, yo = edict_step(den, x, y, s, sn, p, x_first=False)
+    xo, yo = edict_step(den, x, y, s, sn, p, x_first=False, **kw)
     assert xo.item() == pytest.approx(x_n2, abs=1e-15) and yo.item() == pytest.approx(y_n2, abs=1e-15)
+
+
+def test_second_call_sees_the_official_model_input():
+    """For an EPS model in sigma space (c_in = 1/sqrt(1 + sigma^2)) the second call's network input
+    ``c_in(sigma) * r * x_inter`` is the official alpha-space ``x_inter`` (``c_in(sigma_next) *
+    x_inter``), labelled with the current sigma."""
+    seen = []
+
+    def den(z, sigma):
+        seen.append((z.clone(), float(sigma)))
+        return z * 0.3
+
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s, sn = torch.tensor(5.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    edict_step(den, x, x.clone(), s, sn, 0.93)
+    (z1, s1), (z2, s2) = seen
+    assert s1 == s2 == 5.0
+    x_inter = x + (sn - s) * (z1 - den(z1, s)) / s
+    c_in = lambda v: 1 / math.sqrt(1 + float(v) ** 2)  # noqa: E731
+    assert torch.allclose(c_in(s) * z2, c_in(sn) * x_inter, rtol=1e-14, atol=0)
 
 
 def test_leapfrog_parity_alternates_and_start_index_matches_full_chain():

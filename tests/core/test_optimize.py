@@ -18,20 +18,21 @@ def test_defaults_are_the_papers():
 
 
 def test_update_rule_hand_computed():
-    """clip(-lr*g) -> tie (mean) -> momentum -> + same noise -> tie -> renormalize."""
+    """The released order: tie (mean of -lr*g) -> clip -> momentum -> + same noise -> tie -> renorm."""
     cfg = DoodlConfig(lr=2.0, clip=0.5, momentum=0.9, perturbation=0.0, tie_latents=True,
                       renormalize=False)
     u = (torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[3.0, 2.0]], dtype=torch.float64))
     grad = (torch.tensor([[0.1, -1.0]], dtype=torch.float64), torch.tensor([[0.3, 0.0]], dtype=torch.float64))
     gen = torch.Generator().manual_seed(0)
-    # -lr*g: x [-0.2, 2.0] -> clip [-0.2, 0.5]; y [-0.6, 0] -> [-0.5, 0]; tie: [-0.35, 0.25]
+    # -lr*g: x [-0.2, 2.0], y [-0.6, 0] -> tie: [-0.4, 1.0] -> clip: [-0.4, 0.5]
+    # (clipping first, the order this code had before, gives [-0.35, 0.25])
     (ux, uy), (bx, by) = doodl_update(u, grad, None, None, cfg, gen)
-    assert torch.allclose(bx, torch.tensor([[-0.35, 0.25]], dtype=torch.float64))
-    # x: [0.65, 2.25], y: [2.65, 2.25] -> tie: [1.65, 2.25]
-    assert torch.allclose(ux, torch.tensor([[1.65, 2.25]], dtype=torch.float64)) and torch.equal(ux, uy)
+    assert torch.allclose(bx, torch.tensor([[-0.4, 0.5]], dtype=torch.float64))
+    # x: [0.6, 2.5], y: [2.6, 2.5] -> tie: [1.6, 2.5]
+    assert torch.allclose(ux, torch.tensor([[1.6, 2.5]], dtype=torch.float64)) and torch.equal(ux, uy)
     # second step with the same gradient: b = 0.9*b + g = 1.9*g
     (ux2, _), (bx2, _) = doodl_update((ux, uy), grad, (bx, by), None, cfg, gen)
-    assert torch.allclose(bx2, 1.9 * torch.tensor([[-0.35, 0.25]], dtype=torch.float64))
+    assert torch.allclose(bx2, 1.9 * torch.tensor([[-0.4, 0.5]], dtype=torch.float64))
     assert torch.allclose(ux2, ux + bx2)
 
 
