@@ -1,10 +1,12 @@
 """Differentiable multi-crop augmentation (DOODL's ``MakeCutouts``).
 
 Each crop is a random square whose side is ``rand() ** cut_power * (max - min) + min`` pixels, at a
-random offset, average-pooled to the scorer's input size. ``cut_power < 1`` favours large crops. The
-crop layout is drawn once per call from ``generator``, so a call is a deterministic, differentiable
-function of the pixels given the generator state. ``num_crops = 0`` means no augmentation: the whole
-image is resized (area-averaged when shrinking, bilinear when enlarging) to ``cut_size``.
+random offset, average-pooled to the scorer's input size. ``cut_power < 1`` favours large crops. Each
+image gets its own crops, drawn image after image from ``generator`` (per crop: the size, then the x
+and the y offset), exactly as the released code draws them when it calls its loss once per EDICT
+image; so a call is a deterministic, differentiable function of the pixels given the generator
+state. ``num_crops = 0`` means no augmentation: the whole image is resized (area-averaged when
+shrinking, bilinear when enlarging) to ``cut_size``.
 
 Output layout is crop-major: ``(num_crops * B, C, cut_size, cut_size)`` where rows
 ``k * B .. k * B + B - 1`` are crop ``k`` of every image. ``reduce_over_crops`` in ``losses.py``
@@ -18,26 +20,32 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropConfig", "resize_square", "make_crops", "crop_boxes", "crops_from_boxes"]
+__all__ = ["CropConfig", "CROP_CHOICES", "resize_square", "make_crops", "crop_boxes",
+           "image_crop_boxes", "crops_from_boxes"]
+
+#: what a user may ask for: each scorer's released reduction ("auto"), or one for all
+CROP_CHOICES = ("auto", "min", "mean")
 
 
 @dataclass(frozen=True)
 class CropConfig:
     """How a scorer augments images: ``num_crops`` random crops (0 = none, just resize) whose size
-    follows ``cut_power``; per-crop losses are reduced per image with ``reduction`` ("min" as the
-    released DOODL code, or "mean"). Defaults are the DOODL ``gen()`` values (16 crops, 0.3)."""
+    follows ``cut_power``; the crops are combined per image by ``reduction``: "auto" (each scorer's
+    own reduction in the released code: the best crop for CLIP, the mean score for the aesthetic
+    head, the mean cross-entropy for WS-DAN), "min" (the best crop's loss) or "mean" (the mean
+    loss). Defaults are the DOODL ``gen()`` values (16 crops, 0.3)."""
 
     num_crops: int = 16
     cut_power: float = 0.3
-    reduction: str = "min"
+    reduction: str = "auto"
 
     def __post_init__(self):
         if self.num_crops < 0:
             raise ValueError(f"num_crops must be >= 0, got {self.num_crops}")
         if not self.cut_power > 0:
             raise ValueError(f"cut_power must be > 0, got {self.cut_power}")
-        if self.reduction not in ("min", "mean"):
-            raise ValueError(f"crop reduction must be 'min' or 'mean', got {self.reduction!r}")
+        if self.reduction not in CROP_CHOICES:
+            raise ValueError(f"crop reduction must be one of {CROP_CHOICES}, got {self.reduction!r}")
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -75,9 +83,17 @@ def crop_boxes(height: int, width: int, cut_size: int, num_crops: int, cut_power
     return boxes
 
 
+def image_crop_boxes(images: torch.Tensor, cut_size: int, num_crops: int, cut_power: float,
+                     generator: Optional[torch.Generator] = None) -> list[list[tuple[int, int, int]]]:
+    """``num_crops`` boxes for each image of the batch (a list per image), drawn image after image."""
+    h, w = images.shape[-2:]
+    return [crop_boxes(h, w, cut_size, num_crops, cut_power, generator)
+            for _ in range(images.shape[0])]
+
+
 def make_crops(images: torch.Tensor, cut_size: int, num_crops: int = 16, cut_power: float = 0.3,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random square crops of ``images`` pooled to ``cut_size`` (crop-major layout).
+    """Random square crops of ``images``, drawn per image, pooled to ``cut_size`` (crop-major).
 
     ``num_crops == 0`` returns ``resize_square(images, cut_size)`` (one "crop": the whole image).
     """
@@ -86,16 +102,22 @@ def make_crops(images: torch.Tensor, cut_size: int, num_crops: int = 16, cut_pow
         raise ValueError(f"cut_size must be >= 1, got {cut_size}")
     if num_crops == 0:
         return resize_square(images, cut_size)
-    h, w = images.shape[-2:]
-    return crops_from_boxes(images, crop_boxes(h, w, cut_size, num_crops, cut_power, generator),
-                            cut_size)
+    return crops_from_boxes(images, image_crop_boxes(images, cut_size, num_crops, cut_power,
+                                                     generator), cut_size)
 
 
-def crops_from_boxes(images: torch.Tensor, boxes, cut_size: int) -> torch.Tensor:
-    """The crops ``boxes`` (``(top, left, side)`` each) of every image, pooled to ``cut_size``,
-    crop-major: ``(len(boxes) * B, C, cut_size, cut_size)``."""
-    out = [resize_square(images[:, :, top:top + side, left:left + side], cut_size)
-           for top, left, side in boxes]
+def crops_from_boxes(images: torch.Tensor, boxes: list[list[tuple[int, int, int]]],
+                     cut_size: int) -> torch.Tensor:
+    """Crop ``k`` of image ``i`` is ``boxes[i][k]`` (``(top, left, side)``), pooled to ``cut_size``;
+    crop-major: ``(num_crops * B, C, cut_size, cut_size)``. Every image needs the same number."""
+    if len(boxes) != images.shape[0] or len({len(b) for b in boxes}) > 1:
+        raise ValueError(f"need one list of boxes (all of one length) per image: {images.shape[0]} "
+                         f"images, {[len(b) for b in boxes]} boxes")
+    out = []
+    for k in range(len(boxes[0])):
+        for i, per_image in enumerate(boxes):
+            top, left, side = per_image[k]
+            out.append(resize_square(images[i:i + 1, :, top:top + side, left:left + side], cut_size))
     return torch.cat(out, dim=0)
 
 

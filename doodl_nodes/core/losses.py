@@ -31,8 +31,9 @@ def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def reduce_over_crops(values: torch.Tensor, num_crops: int, reduction: str = "min") -> torch.Tensor:
     """Reduce per-crop values in crop-major layout ``(num_crops * B,)`` to per-image ``(B,)``.
 
-    ``reduction="min"`` keeps the best crop per image, as the released DOODL code does;
-    ``"mean"`` averages the crops (HF CLIP-guided diffusion). ``num_crops <= 1`` is a no-op.
+    ``reduction="min"`` keeps the best crop per image (the released DOODL code's CLIP losses);
+    ``"mean"`` averages the crops (its WS-DAN loss; HF CLIP-guided diffusion). ``num_crops <= 1`` is
+    a no-op. A scorer resolves the "auto" choice of ``CropConfig`` to one of these first.
     """
     if reduction not in CROP_REDUCTIONS:
         raise ValueError(f"crop reduction must be one of {CROP_REDUCTIONS}, got {reduction!r}")

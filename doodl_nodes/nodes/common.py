@@ -30,6 +30,8 @@ NUM_CROPS = ("INT", {"default": 16, "min": 0, "max": 128,
 CUT_POWER = ("FLOAT", {"default": 0.3, "min": 0.01, "max": 10.0, "step": 0.01,
                        "tooltip": "Crop size distribution: side = rand^cut_power * (max - min) + min. Below 1 "
                                   "favours large crops (0.3 is DOODL's default)."})
-CROP_REDUCTION = (["min", "mean"], {"default": "min",
-                                    "tooltip": "How per-crop losses combine per image: 'min' keeps the best crop "
-                                               "(the released DOODL code), 'mean' averages them."})
+CROP_REDUCTION = (["auto", "min", "mean"], {"default": "auto",
+                  "tooltip": "How the crops' losses combine per image. auto: each scorer's own choice in the "
+                             "released DOODL code (the best crop for CLIP text/image, the mean score for the "
+                             "aesthetic head, the mean cross-entropy for WS-DAN; combined scorers keep each "
+                             "part's own). min: the best crop for every scorer. mean: the mean loss."})

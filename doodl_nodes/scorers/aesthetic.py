@@ -13,8 +13,9 @@ Every head L2-normalizes its input first, as both predictors were trained. Score
 scale but the raw output is not bounded (the real test embeddings span about -2.5..11.3 for the
 linear L/14 head).
 
-:class:`AestheticScorer` loss per crop, following the released DOODL code: ``s = clamp(head(E(crop)),
-1, 10)``, then ``-s`` (maximize) or ``|s - target|`` (target in 1..10, L1 "to keep the same scale").
+:class:`AestheticScorer` loss, following the released DOODL code: per crop ``s = clamp(head(E(crop)),
+1, 10)``, averaged over the crops, then ``-mean`` (maximize) or ``|mean - target|`` (target in 1..10,
+L1 "to keep the same scale").
 **The clamp zeroes the gradient of crops scored outside [1, 10]** (DOODL does the same); pass
 ``clamp=False`` to keep it. Reported score: the raw (unclamped) head output on the whole image.
 """
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.losses import reduce_over_crops
 from .base import CropScorer, check_images, freeze, unique
 from .encoders import ImageEncoder
 from .weights import WeightsFileError, extract_state_dict, load_weights_file, strip_prefix
@@ -124,7 +126,13 @@ def load_aesthetic_head(path: str | os.PathLike) -> AestheticHead:
 
 
 class AestheticScorer(CropScorer):
-    """``-clamp(score)`` (maximize) or ``|clamp(score) - target|`` per crop, reduced over crops."""
+    """The released DOODL aesthetic loss: the clamped scores of the crops are averaged per image,
+    then ``-mean`` (maximize) or ``|mean - target|`` (crop reduction "auto"). With "min" or "mean"
+    the per-crop losses ``-clamp(score)`` / ``|clamp(score) - target|`` are reduced instead (the
+    same as "auto" for maximizing with "mean"; different with a target)."""
+
+    #: the released code's reduction: mean of the clamped scores, then the loss
+    official_reduction = "mean_score"
 
     def __init__(self, image_encoder: ImageEncoder, head: AestheticHead,
                  target: Optional[float] = None, clamp: bool = True, name: Optional[str] = None):
@@ -146,11 +154,21 @@ class AestheticScorer(CropScorer):
     def raw_score(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(pixels)).float()
 
-    def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+    def clamped_score(self, pixels: torch.Tensor) -> torch.Tensor:
         s = self.raw_score(pixels)
-        if self.clamp:
-            s = s.clamp(*SCORE_RANGE)
+        return s.clamp(*SCORE_RANGE) if self.clamp else s
+
+    def score_loss(self, s: torch.Tensor) -> torch.Tensor:
         return -s if self.target is None else (s - self.target).abs()
+
+    def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.score_loss(self.clamped_score(pixels))
+
+    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str) -> torch.Tensor:
+        if reduction != "mean_score":
+            return super().reduce_crop_loss(pixels, num_crops, reduction)
+        per_crop = self.clamped_score(pixels).float()
+        return self.score_loss(reduce_over_crops(per_crop, num_crops, "mean"))
 
     def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_images(images)

@@ -7,8 +7,9 @@ gradient; do it upstream, straight-through, if you need it) and never build grad
 every weight is frozen (``requires_grad_(False)``).
 
 Multi-crop comes from the core: :class:`CropScorer` draws crops with
-``doodl_nodes.core.crops.make_crops`` (crop-major layout) at the model's input size, evaluates a
-per-crop loss, and reduces it per image with ``doodl_nodes.core.losses.reduce_over_crops``.
+``doodl_nodes.core.crops.make_crops`` (per image, crop-major layout) at the model's input size,
+evaluates a per-crop loss, and reduces it per image with ``doodl_nodes.core.losses.reduce_over_crops``
+or the scorer's own released reduction (``CropConfig.reduction == "auto"``).
 ``CropConfig(num_crops=0)`` means no crops: the whole image, differentiably resized.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..core.crops import CropConfig, crop_boxes, crops_from_boxes, make_crops, resize_square
+from ..core.crops import CropConfig, crops_from_boxes, image_crop_boxes, make_crops, resize_square
 from ..core.losses import reduce_over_crops
 
 __all__ = ["DoodlScorer", "CropScorer", "DEFAULT_CROPS", "check_images", "plain_tensor",
@@ -103,49 +104,54 @@ class DoodlScorer:
 class CropScorer(DoodlScorer):
     """A scorer whose loss is a per-crop loss at a fixed square input size, reduced per image.
 
-    Subclasses set :attr:`input_size` and implement :meth:`crop_loss`
-    (``(N, 3, S, S)`` -> ``(N,)``);
-    :meth:`loss` draws the crops and reduces. Subclasses that need several reductions (ensembles)
-    override :meth:`reduce_crop_loss`.
+    Subclasses set :attr:`input_size` and :attr:`official_reduction` and implement
+    :meth:`crop_loss` (``(N, 3, S, S)`` -> ``(N,)``); :meth:`loss` draws the crops and reduces them
+    with the reduction the ``CropConfig`` asks for ("auto" = :attr:`official_reduction`, the released
+    code's). Subclasses whose released reduction is not a plain min/mean of per-crop losses
+    override :meth:`reduce_crop_loss` for it.
     """
 
     input_size: int = 224
+    #: what ``CropConfig.reduction == "auto"`` means for this scorer (the released code's choice)
+    official_reduction: str = "min"
 
     def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def crop_reduction(self, crops: CropConfig) -> str:
+        """The reduction this scorer applies for ``crops`` ("auto" resolved)."""
+        return self.official_reduction if crops.reduction == "auto" else crops.reduction
+
     def loss(self, images: torch.Tensor, crops: CropConfig = DEFAULT_CROPS,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_images(images)
-        if self._best_crop_only(images, crops):
+        reduction = self.crop_reduction(crops)
+        if (reduction == "min" and crops.num_crops > 1 and torch.is_grad_enabled()
+                and images.requires_grad):
             return self._min_crop_loss(images, crops, generator)
         pixels = make_crops(images, self.input_size, crops.num_crops, crops.cut_power, generator)
-        return self.reduce_crop_loss(pixels, crops).to(device=images.device, dtype=torch.float32)
-
-    def _best_crop_only(self, images: torch.Tensor, crops: CropConfig) -> bool:
-        """With min over crops only the best crop of each image receives a gradient, so every crop
-        is scored without grad and just the best one again with grad: the same loss and gradient
-        for 1/num_crops of the scorer's activation memory (subclasses with their own reduction
-        keep the plain path)."""
-        return (crops.reduction == "min" and crops.num_crops > 1 and torch.is_grad_enabled()
-                and images.requires_grad
-                and type(self).reduce_crop_loss is CropScorer.reduce_crop_loss)
+        return self.reduce_crop_loss(pixels, max(crops.num_crops, 1), reduction).to(
+            device=images.device, dtype=torch.float32)
 
     def _min_crop_loss(self, images: torch.Tensor, crops: CropConfig,
                        generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Min over crops with a gradient: only the best crop of each image receives one, so every
+        crop is scored without grad and just the best one again with grad: the same loss and
+        gradient for 1/num_crops of the scorer's activation memory."""
         b = images.shape[0]
-        boxes = crop_boxes(*images.shape[-2:], self.input_size, crops.num_crops, crops.cut_power,
-                           generator)
+        boxes = image_crop_boxes(images, self.input_size, crops.num_crops, crops.cut_power,
+                                 generator)
         with torch.no_grad():
             per_crop = self.crop_loss(crops_from_boxes(images.detach(), boxes, self.input_size))
         best = per_crop.float().reshape(crops.num_crops, b).argmin(dim=0).tolist()
-        chosen = torch.cat([crops_from_boxes(images[i:i + 1], [boxes[k]], self.input_size)
+        chosen = torch.cat([crops_from_boxes(images[i:i + 1], [[boxes[i][k]]], self.input_size)
                             for i, k in enumerate(best)])
         return self.crop_loss(chosen).float().to(device=images.device)
 
-    def reduce_crop_loss(self, pixels: torch.Tensor, crops: CropConfig) -> torch.Tensor:
+    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str) -> torch.Tensor:
+        """Per-image loss ``(B,)`` from crop-major crops ``pixels`` (``num_crops`` per image)."""
         per_crop = self.crop_loss(pixels).float()
-        return reduce_over_crops(per_crop, max(crops.num_crops, 1), crops.reduction)
+        return reduce_over_crops(per_crop, num_crops, reduction)
 
     def resize_whole(self, images: torch.Tensor) -> torch.Tensor:
         """The no-crop view of the images at the input size (what ``num_crops=0`` scores)."""

@@ -1,7 +1,7 @@
 """CLIP scorers: text reinforcement (paper eq. 10) and image personalization (an ensemble).
 
 * :class:`CLIPTextScorer`: ``loss = spherical_distance(E_img(crop), E_txt(prompt))`` per crop,
-  reduced over crops (``min`` by default, as the released DOODL code). Score: the cosine similarity
+  reduced over crops (by default, ``auto``, the best crop, as the released DOODL code). Score: the cosine similarity
   of the whole image (CLIP's evaluation crop) with the prompt.
 * :class:`CLIPImageScorer`: up to any number of image encoders with weights. Each encoder's target
   is the L2-normalized mean of the L2-normalized embeddings of the reference images (each
@@ -130,6 +130,7 @@ class CLIPImageScorer(CropScorer):
         # One set of crops for every encoder: drawn at the largest input size, pooled down for
         # smaller ones (an area filter, like the crops themselves).
         pixels = make_crops(images, self.input_size, crops.num_crops, crops.cut_power, generator)
+        reduction = self.crop_reduction(crops)
         total = None
         for enc, w, target in zip(self.encoders, self.weights, self.targets):
             if w == 0:
@@ -138,7 +139,7 @@ class CLIPImageScorer(CropScorer):
                                                                                 enc.image_size)
             emb = enc(px)
             dist = spherical_distance(emb, target.to(emb.device)).float()
-            per_image = reduce_over_crops(dist, max(crops.num_crops, 1), crops.reduction)
+            per_image = reduce_over_crops(dist, max(crops.num_crops, 1), reduction)
             per_image = per_image.to(images.device) * w
             total = per_image if total is None else total + per_image
         return (total / sum(self.weights)).float()

@@ -137,7 +137,10 @@ def load_wsdan(path: str | os.PathLike, eps: float = 1e-6) -> WSDAN:
 
 
 class WSDANScorer(CropScorer):
-    """Cross-entropy of the WS-DAN logits against ``class_index``, per crop at 512 px."""
+    """Cross-entropy of the WS-DAN logits against ``class_index``, per crop at 512 px; the released
+    code averages it over the crops ("auto" = "mean")."""
+
+    official_reduction = "mean"
 
     def __init__(self, model: WSDAN, class_index: int, input_size: int = WSDAN_INPUT_SIZE,
                  name: Optional[str] = None):

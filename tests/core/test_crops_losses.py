@@ -13,11 +13,16 @@ def test_crops_shape_layout_and_gradient():
     assert crops.shape == (10, 3, 16, 16)
     crops.sum().backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
-    # crop-major: rows k*B + b come from image b
-    boxes = crop_boxes(40, 30, 16, 5, 0.3, torch.Generator().manual_seed(0))
-    top, left, side = boxes[1]
-    expect = resize_square(img[1:2, :, top:top + side, left:left + side], 16)
-    assert torch.allclose(crops[1 * 2 + 1], expect[0])
+    # each image draws its own boxes, image 0 first (as the released code, which calls its loss
+    # once per EDICT image); crop-major layout: row k*B + b is crop k of image b
+    g = torch.Generator().manual_seed(0)
+    boxes = [crop_boxes(40, 30, 16, 5, 0.3, g) for _ in range(2)]
+    assert boxes[0] != boxes[1]
+    for b in range(2):
+        for k in range(5):
+            top, left, side = boxes[b][k]
+            expect = resize_square(img[b:b + 1, :, top:top + side, left:left + side], 16)
+            assert torch.equal(crops[k * 2 + b], expect[0])
 
 
 def test_crop_sizes_follow_cut_power_and_stay_inside():
@@ -61,7 +66,7 @@ def test_reduce_over_crops():
 
 
 def test_crop_config_validation():
-    assert CropConfig() == CropConfig(16, 0.3, "min")
+    assert CropConfig() == CropConfig(16, 0.3, "auto")
     for bad in ({"num_crops": -1}, {"cut_power": 0}, {"reduction": "median"}):
         with pytest.raises(ValueError):
             CropConfig(**bad)

@@ -93,3 +93,30 @@ def test_aesthetic_scorer_checks_dims_and_target():
         AestheticScorer(_MeanEncoder(dim=4), LinearAestheticHead(768))
     with pytest.raises(ValueError, match=r"\[1, 10\]"):
         _scorer([1.0] * 4, 0.0, target=11)
+
+
+def test_crop_reductions_auto_is_the_released_mean_score():
+    """auto: mean of the crops' clamped scores, then |mean - target| (the released aesthetic loss);
+    with a target that differs from the mean of the per-crop losses (reduction 'mean')."""
+    from doodl_nodes.core.crops import make_crops
+
+    img = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    img[:, 0, :12] += 0.8   # crops of the top half score higher than crops of the bottom
+    cfg = dict(num_crops=6, cut_power=0.5)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    probe = _scorer([6.0, -3.0, -3.0, 0.0], 5.0)
+    per_crop = probe.clamped_score(make_crops(img, probe.input_size, 6, 0.5, gen())).reshape(6, 2)
+    target = float(per_crop.median())
+    assert per_crop.min() < target < per_crop.max()
+    s = _scorer([6.0, -3.0, -3.0, 0.0], 5.0, target=target)
+    auto = s.loss(img, CropConfig(**cfg, reduction="auto"), gen())
+    mean = s.loss(img, CropConfig(**cfg, reduction="mean"), gen())
+    low = s.loss(img, CropConfig(**cfg, reduction="min"), gen())
+    torch.testing.assert_close(auto, (per_crop.mean(0) - target).abs())
+    torch.testing.assert_close(mean, (per_crop - target).abs().mean(0))
+    torch.testing.assert_close(low, (per_crop - target).abs().amin(0))
+    assert (mean - auto).abs().max() > 1e-3   # the two orders really differ here
+    # maximizing: auto and mean coincide (the mean of -s is -mean(s))
+    m = probe
+    torch.testing.assert_close(m.loss(img, CropConfig(**cfg), gen()),
+                               m.loss(img, CropConfig(**cfg, reduction="mean"), gen()))
