@@ -1,11 +1,21 @@
 """The paper's baseline as a ComfyUI sampler: one-step classifier guidance.
 
-At every step the guided denoiser of ``doodl_nodes.core.guidance`` scores the decoded one-step x0
-estimate and shifts the denoised output by ``-scale * sigma**2 * grad``; a deterministic Euler (DDIM)
-step follows. Exposed through ``comfy.samplers.KSAMPLER`` so it plugs into SamplerCustom and
+At every model evaluation the guided denoiser of ``doodl_nodes.core.guidance`` scores a decoded
+one-step estimate and shifts the denoised output by ``-scale * sigma**2 * grad``. Two variants
+(``BASELINE_VARIANTS``):
+
+* ``cfg_x0_euler`` (the pack's): the estimate is the guided call's own CFG x0 prediction, and a
+  deterministic Euler (DDIM) step follows;
+* ``official``: the released code's baseline: the estimate is the x0 of the *unconditional*
+  prediction blended with the model input (``core.guidance.official_estimate``), and the steps are
+  EDICT's (both of its model calls guided), with a float64 state.
+
+Exposed through ``comfy.samplers.KSAMPLER`` so it plugs into SamplerCustom and
 SamplerCustomAdvanced like any sampler.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -13,13 +23,17 @@ import comfy.model_management
 import comfy.samplers
 
 from ..core.crops import CropConfig
-from ..core.guidance import one_step_guided_denoiser
+from ..core.edict import edict_sample
+from ..core.guidance import official_estimate, one_step_guided_denoiser
 from .autograd import clone_tensor_tree, make_autograd_safe
+from .chain import model_input_scale
 from .doodl_run import release_scorer
 from .safety import check_gradient_safe
 from .vae import check_vae_matches, decode_differentiable
 
-__all__ = ["one_step_guidance_sampler"]
+__all__ = ["one_step_guidance_sampler", "BASELINE_VARIANTS"]
+
+BASELINE_VARIANTS = ("cfg_x0_euler", "official")
 
 
 def _base_model(model_k):
@@ -29,12 +43,19 @@ def _base_model(model_k):
 
 def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                              vae=None, scorer=None, scale=1.0, crops=CropConfig(), seed=0,
-                             decoder_checkpointing=False):
+                             decoder_checkpointing=False, variant="cfg_x0_euler", p=0.93,
+                             leapfrog=True):
+    if variant not in BASELINE_VARIANTS:
+        raise ValueError(f"variant must be one of {BASELINE_VARIANTS}, got {variant!r}")
     extra_args = {} if extra_args is None else extra_args
     base = _base_model(model)
     guider = model.inner_model
     check_gradient_safe(guider.model_patcher, "One-step guidance")
     check_vae_matches(vae, base.latent_format)
+    if variant == "official" and not guider.conds.get("negative"):
+        raise ValueError("The 'official' one-step baseline takes x0 from the unconditional (negative) "
+                         "prediction, and this guider has no negative conditioning. Use SamplerCustom "
+                         "(or a CFGGuider) with a negative prompt, or the 'cfg_x0_euler' variant.")
     comfy.model_management.load_models_gpu([vae.patcher] + list(scorer.comfy_models()))
     device = x.device
     scorer.to(device)
@@ -42,33 +63,78 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
     guider.conds = clone_tensor_tree(guider.conds)  # inference-tensor conds cannot be saved for backward
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
 
-    def denoise(z, sigma):
+    def model_call(z, sigma):  # float32 in, like ComfyUI's samplers
         comfy.model_management.throw_exception_if_processing_interrupted()
-        s_in = sigma.reshape(1).to(z.dtype).expand(z.shape[0])
-        return model(z, s_in, **extra_args)
+        z_in = z.to(x.dtype)
+        s_in = sigma.reshape(1).to(z_in.dtype).expand(z.shape[0])
+        return z_in, s_in
+
+    def denoise(z, sigma):
+        z_in, s_in = model_call(z, sigma)
+        return model(z_in, s_in, **extra_args).to(z.dtype)
+
+    def uncond_denoise(z, sigma):
+        z_in, s_in = model_call(z, sigma)
+        out = comfy.samplers.calc_cond_batch(base, [guider.conds["negative"]], z_in, s_in,
+                                             extra_args.get("model_options", {}))[0]
+        return out.to(z.dtype)
 
     def loss_fn(x0_hat):
-        images = decode_differentiable(vae, base.latent_format, x0_hat, checkpoint=decoder_checkpointing)
+        images = decode_differentiable(vae, base.latent_format, x0_hat.to(x.dtype),
+                                       checkpoint=decoder_checkpointing)
         return scorer.loss(images, crops, gen)
 
-    guided = one_step_guided_denoiser(denoise, loss_fn, float(scale))
     try:
         with torch.inference_mode(False):
-            z = x.detach().clone()
             s = sigmas.detach().clone().to(device)
-            for i in range(len(s) - 1):
-                den = guided(z, s[i])
-                d = (z - den.to(z.dtype)) / s[i]
-                if callback is not None:
-                    callback({"x": z, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": den})
-                z = z + (s[i + 1] - s[i]) * d
+            if variant == "official":
+                c_in = functools.partial(model_input_scale, base.model_sampling)
+                guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
+                                                  estimate=official_estimate(uncond_denoise, c_in))
+                z = _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
+            else:
+                z = _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s,
+                                  callback)
     finally:
         release_scorer(scorer)
     return z
 
 
+def _euler_guided(guided, x, s, callback):
+    z = x.detach().clone()
+    for i in range(len(s) - 1):
+        den = guided(z, s[i])
+        d = (z - den.to(z.dtype)) / s[i]
+        if callback is not None:
+            callback({"x": z, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": den})
+        z = z + (s[i + 1] - s[i]) * d
+    return z
+
+
+def _edict_guided(guided, x, s, p, leapfrog, c_in, callback):
+    last = {}
+
+    def remember(z, sigma):
+        last["denoised"] = out = guided(z, sigma)
+        return out
+
+    def step_cb(i, total, xs, ys):
+        if callback is not None:
+            callback({"x": xs.to(x.dtype), "i": i, "sigma": s[i], "sigma_hat": s[i],
+                      "denoised": last["denoised"].to(x.dtype)})
+
+    x64 = x.detach().to(torch.float64)
+    x0, _ = edict_sample(remember, x64, x64.clone(), s, p=p, leapfrog=leapfrog, callback=step_cb,
+                         input_scale=c_in)
+    return x0.to(x.dtype)
+
+
 def one_step_guidance_sampler(vae, scorer, scale: float, crops: CropConfig, seed: int = 0,
-                              decoder_checkpointing: bool = False) -> comfy.samplers.KSAMPLER:
+                              decoder_checkpointing: bool = False, variant: str = "cfg_x0_euler",
+                              p: float = 0.93, leapfrog: bool = True) -> comfy.samplers.KSAMPLER:
+    if variant not in BASELINE_VARIANTS:
+        raise ValueError(f"variant must be one of {BASELINE_VARIANTS}, got {variant!r}")
     return comfy.samplers.KSAMPLER(sample_one_step_guidance, {
         "vae": vae, "scorer": scorer, "scale": scale, "crops": crops, "seed": seed,
-        "decoder_checkpointing": decoder_checkpointing})
+        "decoder_checkpointing": decoder_checkpointing, "variant": variant, "p": p,
+        "leapfrog": leapfrog})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..bridge.doodl_run import SCORE_IMAGES, DoodlRequest, run_doodl
-from ..bridge.guidance_sampler import one_step_guidance_sampler
+from ..bridge.guidance_sampler import BASELINE_VARIANTS, one_step_guidance_sampler
 from ..bridge.progress import json_safe
 from ..core.crops import CropConfig
 from ..core.optimize import DoodlConfig
@@ -109,14 +109,16 @@ class DOODLOptimize:
 
 
 class DOODLOneStepGuidance:
-    DESCRIPTION = ("The paper's baseline as a sampler: at every step, decode the one-step x0 estimate, score "
+    DESCRIPTION = ("The paper's baseline as a sampler: at every step, decode a one-step x0 estimate, score "
                    "it, and add the scorer's gradient to the denoising direction (classifier guidance "
-                   "without a noise-aware classifier). Plug into SamplerCustom to compare with DOODL from "
-                   "the same seed.")
+                   "without a noise-aware classifier). Two variants: the pack's (the CFG x0 estimate, "
+                   "Euler steps) and the released DOODL code's (x0 from the unconditional prediction "
+                   "blended with the noisy input, EDICT steps). Plug into SamplerCustom to compare with "
+                   "DOODL from the same seed.")
     CATEGORY = c.CATEGORY + "/sampling"
     RETURN_TYPES = ("SAMPLER",)
     RETURN_NAMES = ("sampler",)
-    OUTPUT_TOOLTIPS = ("A guided Euler (DDIM) sampler; plug into SamplerCustom.",)
+    OUTPUT_TOOLTIPS = ("A guided sampler (Euler/DDIM or EDICT, by variant); plug into SamplerCustom.",)
     FUNCTION = "get_sampler"
 
     @classmethod
@@ -133,13 +135,20 @@ class DOODLOneStepGuidance:
         }, "optional": {
             "decoder_checkpointing": ("BOOLEAN", {"default": False,
                                       "tooltip": "Recompute the VAE decoder in backward to save memory."}),
+            "variant": (list(BASELINE_VARIANTS), {"default": "cfg_x0_euler",
+                        "tooltip": "cfg_x0_euler: score the guided call's own CFG x0 estimate, Euler (DDIM) "
+                                   "steps, one model call with grad per step. official: the released DOODL "
+                                   "code's baseline: x0 from the unconditional (negative) prediction blended "
+                                   "with the noisy input, EDICT steps with both model calls guided (about 3x "
+                                   "the cost; needs a negative conditioning)."}),
+            "p": c.P, "leapfrog": c.LEAPFROG,
         }}
 
     def get_sampler(self, vae, scorer, guidance_scale, num_crops, cut_power, crop_reduction, seed,
-                    decoder_checkpointing=False):
+                    decoder_checkpointing=False, variant="cfg_x0_euler", p=0.93, leapfrog=True):
         return (one_step_guidance_sampler(vae, scorer, guidance_scale,
                                           CropConfig(num_crops, cut_power, crop_reduction), seed,
-                                          decoder_checkpointing),)
+                                          decoder_checkpointing, variant, float(p), bool(leapfrog)),)
 
 
 NODE_CLASS_MAPPINGS = {"DOODLOptimize": DOODLOptimize, "DOODLOneStepGuidance": DOODLOneStepGuidance}

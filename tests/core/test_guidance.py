@@ -147,3 +147,41 @@ def test_on_step_reports_losses():
                                       on_step=lambda s, l: seen.append((float(s), l.tolist())))
     guided(torch.ones(1, 2), torch.tensor(1.0))
     assert seen == [(1.0, [pytest.approx(0.25)])]
+
+
+def test_official_estimate_is_the_released_alpha_space_cond_fn():
+    """The released baseline, written in alpha space for an EPS toy: eps_u from the unconditional
+    call, x0 = (x - sqrt(1-a) eps_u) / sqrt(a), sample = x0 * sqrt(1-a) + x * (1 - sqrt(1-a)),
+    eps' = eps_cfg + sqrt(1-a) * grad_x(scale * L(sample)). Our sigma-space guided denoiser must
+    give the same eps' (z = x / sqrt(a), sigma = sqrt((1-a)/a))."""
+    from doodl_nodes.core.guidance import official_estimate
+
+    g = torch.Generator().manual_seed(0)
+    w_c, w_u = (torch.randn(6, 6, generator=g, dtype=torch.float64) * 0.3 for _ in range(2))
+    eps_c = lambda x: torch.tanh(x @ w_c)  # noqa: E731  (alpha-space eps models, t folded in)
+    eps_u = lambda x: torch.tanh(x @ w_u)  # noqa: E731
+    target = torch.randn(6, generator=g, dtype=torch.float64)
+    loss_fn = lambda lat: (torch.sin(lat) - target).pow(2).sum(-1)  # noqa: E731
+    a, cfg, scale = 0.37, 3.0, 2.5
+    x = torch.randn(2, 6, generator=g, dtype=torch.float64)
+
+    # released code (alpha space)
+    xl = x.clone().requires_grad_(True)
+    x0 = (xl - math.sqrt(1 - a) * eps_u(xl)) / math.sqrt(a)
+    sample = x0 * math.sqrt(1 - a) + xl * (1 - math.sqrt(1 - a))
+    (grad,) = torch.autograd.grad((scale * loss_fn(sample)).sum(), xl)
+    eps = eps_u(x) + cfg * (eps_c(x) - eps_u(x))
+    eps_official = eps + math.sqrt(1 - a) * grad
+
+    # ours (sigma space)
+    sigma = torch.tensor(math.sqrt((1 - a) / a), dtype=torch.float64)
+    c_in = lambda s: 1 / torch.sqrt(1 + s ** 2)  # noqa: E731
+    den_u = lambda z, s: z - s * eps_u(c_in(s) * z)  # noqa: E731
+    den = lambda z, s: z - s * (eps_u(c_in(s) * z) + cfg * (eps_c(c_in(s) * z) - eps_u(c_in(s) * z)))  # noqa: E731
+    z = x / math.sqrt(a)
+    guided, _, _ = one_step_guidance(den, loss_fn, z, sigma, scale, official_estimate(den_u))
+    eps_ours = (z - guided) / sigma
+    torch.testing.assert_close(eps_ours, eps_official, rtol=1e-12, atol=1e-12)
+    # and it is not the pack's own estimate (the CFG x0), which gives another eps'
+    ours_default, _, _ = one_step_guidance(den, loss_fn, z, sigma, scale)
+    assert (ours_default - guided).abs().max() > 1e-3
