@@ -1,6 +1,6 @@
 """How close is EDICT to the exact probability-flow ODE, for each choice of the second call's input?
 
-    python benchmarks/edict_flow_choice.py            # about 4 minutes on one CPU core
+    python benchmarks/edict_flow_choice.py            # about 10 minutes on a busy 2-core CPU
 
 EDICT's second model call evaluates the model on ``x_inter``, which already sits at the next noise
 level, labelled with the current one. For EPS/V models the official (alpha-space) update shows the
