@@ -1,66 +1,91 @@
-"""Gradient of a loss on the EDICT chain's output w.r.t. its starting pair, at constant memory.
+"""Gradient of a loss on a sampling chain's output w.r.t. its starting state, at constant memory.
 
-``edict_value_and_grad`` returns the same numbers as plain autograd through ``edict_sample`` but never
-holds more than one step's activations:
+``edict_value_and_grad`` (the EDICT pair) and ``euler_value_and_grad`` (one latent, deterministic
+Euler/DDIM) return the same numbers as plain autograd through ``edict_sample`` / ``euler_sample`` but
+never hold more than one step's activations:
 
-- ``mode="checkpoint"`` runs the chain without grad, keeping each step's *input state* (two latent
-  tensors per step: bytes, not activations), then walks back recomputing one step at a time with
-  grad and pulling the cotangent through it (what the released DOODL code does via memcnn with
+- ``mode="checkpoint"`` runs the chain without grad, keeping each step's *input state* (one or two
+  latent tensors per step: bytes, not activations), then walks back recomputing one step at a time
+  with grad and pulling the cotangent through it (what the released DOODL code does via memcnn with
   ``keep_input=True``). Cost: one extra forward of each step.
-- ``mode="reversible"`` keeps only the final state and rebuilds each step's input with the exact EDICT
-  inverse during the backward walk (the paper's framing). Cost: two extra denoiser calls per step
-  more than ``checkpoint``; memory independent of the number of steps even for the states.
+- ``mode="reversible"`` (EDICT only) keeps only the final state and rebuilds each step's input with
+  the exact EDICT inverse during the backward walk (the paper's framing). Cost: two extra denoiser
+  calls per step more than ``checkpoint``; memory independent of the number of steps even for the
+  states. An Euler step has no exact inverse, so the Euler chain refuses it.
 
 Gradients are taken with ``torch.autograd.grad`` w.r.t. the latents only, so no model weight ever
 receives a ``.grad`` (freeze weights anyway: it saves the weight-gradient FLOPs).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .edict import (Denoiser, InputScale, _sigmas_as, edict_step, edict_step_inverse, updates_x_first,
                     validate_chain)
+from .euler import euler_step, validate_euler_chain
 
-__all__ = ["GRAD_MODES", "Objective", "edict_value_and_grad"]
+__all__ = ["GRAD_MODES", "Objective", "PhaseCallback", "edict_value_and_grad", "euler_value_and_grad"]
 
 GRAD_MODES = ("checkpoint", "reversible")
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Objective = Callable[..., torch.Tensor]
 # step_callback(phase, k, total): phase is "forward" or "backward"; for progress and interrupts
 PhaseCallback = Callable[[str, int, int], None]
+State = tuple  # of tensors: (x, y) for EDICT, (x,) for Euler
+Step = Callable[[int, State], State]
 
 
-def _objective_grads(objective: Objective, x0: torch.Tensor, y0: torch.Tensor):
+def _zeros_for_none(grads: Sequence[Optional[torch.Tensor]], like: State) -> State:
+    return tuple(torch.zeros_like(t) if g is None else g.detach() for g, t in zip(grads, like))
+
+
+def _objective_grads(objective: Objective, outputs: State):
     with torch.enable_grad():
-        x0 = x0.detach().requires_grad_(True)
-        y0 = y0.detach().requires_grad_(True)
-        loss = objective(x0, y0)
+        leaves = tuple(t.detach().requires_grad_(True) for t in outputs)
+        loss = objective(*leaves)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("the objective must return a scalar tensor")
         loss = loss.reshape(())
-        if loss.requires_grad:
-            gx, gy = torch.autograd.grad(loss, (x0, y0), allow_unused=True)
-        else:
-            gx = gy = None
-    gx = torch.zeros_like(x0) if gx is None else gx
-    gy = torch.zeros_like(y0) if gy is None else gy
-    return loss.detach(), gx.detach(), gy.detach()
+        grads = (torch.autograd.grad(loss, leaves, allow_unused=True) if loss.requires_grad
+                 else (None,) * len(leaves))
+    return loss.detach(), _zeros_for_none(grads, leaves)
 
 
-def _step_vjp(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor,
-              s_next: torch.Tensor, p: float, x_first: bool, gx: torch.Tensor,
-              gy: torch.Tensor, input_scale: Optional[InputScale] = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pull the cotangent (gx, gy) of a step's output back to its input (x, y)."""
+def _step_vjp(step: Step, k: int, state: State, cotangent: State) -> State:
+    """Pull the cotangent of step ``k``'s output back to its input ``state``."""
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        y = y.detach().requires_grad_(True)
-        x_n, y_n = edict_step(denoise, x, y, s, s_next, p, x_first, input_scale)
-        ax, ay = torch.autograd.grad((x_n, y_n), (x, y), grad_outputs=(gx, gy), allow_unused=True)
-    ax = torch.zeros_like(x) if ax is None else ax
-    ay = torch.zeros_like(y) if ay is None else ay
-    return ax.detach(), ay.detach()
+        inputs = tuple(t.detach().requires_grad_(True) for t in state)
+        outputs = step(k, inputs)
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs=cotangent, allow_unused=True)
+    return _zeros_for_none(grads, inputs)
+
+
+def _chain_value_and_grad(step: Step, inverse: Optional[Step], objective: Objective, state: State,
+                          total: int, mode: str, step_callback: Optional[PhaseCallback]):
+    """``(loss, grads, outputs)`` for ``objective(*chain(state))``; ``inverse`` rebuilds the inputs
+    in reversible mode (None: checkpoint mode)."""
+    state = tuple(t.detach() for t in state)
+    inputs: list[State] = []
+    with torch.no_grad():
+        for k in range(total):
+            if inverse is None:
+                inputs.append(state)
+            state = step(k, state)
+            if step_callback is not None:
+                step_callback("forward", k, total)
+    outputs = state
+    loss, grads = _objective_grads(objective, outputs)
+    for k in reversed(range(total)):
+        if inverse is None:
+            state = inputs.pop()
+        else:
+            with torch.no_grad():
+                state = inverse(k, state)
+        grads = _step_vjp(step, k, state, grads)
+        if step_callback is not None:
+            step_callback("backward", k, total)
+    return loss, grads, outputs
 
 
 def edict_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tensor, y: torch.Tensor,
@@ -78,33 +103,36 @@ def edict_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tenso
         raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}")
     validate_chain(x, y, sigmas, p)
     s = _sigmas_as(sigmas, x)
-    total = s.numel() - 1
-    x = x.detach()
-    y = y.detach()
 
-    inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    with torch.no_grad():
-        for k in range(total):
-            if mode == "checkpoint":
-                inputs.append((x, y))
-            x, y = edict_step(denoise, x, y, s[k], s[k + 1], p,
-                              updates_x_first(start_index + k, leapfrog), input_scale)
-            if step_callback is not None:
-                step_callback("forward", k, total)
-    x0, y0 = x, y
+    def step(k, state):
+        return edict_step(denoise, *state, s[k], s[k + 1], p,
+                          updates_x_first(start_index + k, leapfrog), input_scale)
 
-    loss, gx, gy = _objective_grads(objective, x0, y0)
+    def inverse(k, state):
+        return edict_step_inverse(denoise, *state, s[k], s[k + 1], p,
+                                  updates_x_first(start_index + k, leapfrog), input_scale)
 
-    for k in reversed(range(total)):
-        x_first = updates_x_first(start_index + k, leapfrog)
-        if mode == "checkpoint":
-            x, y = inputs.pop()
-        else:
-            with torch.no_grad():
-                x, y = edict_step_inverse(denoise, x, y, s[k], s[k + 1], p, x_first, input_scale)
-        gx, gy = _step_vjp(denoise, x, y, s[k], s[k + 1], p, x_first, gx, gy, input_scale)
-        if step_callback is not None:
-            step_callback("backward", k, total)
-    if return_outputs:
-        return loss, gx, gy, x0, y0
-    return loss, gx, gy
+    loss, (gx, gy), (x0, y0) = _chain_value_and_grad(
+        step, inverse if mode == "reversible" else None, objective, (x, y), s.numel() - 1, mode,
+        step_callback)
+    return (loss, gx, gy, x0, y0) if return_outputs else (loss, gx, gy)
+
+
+def euler_value_and_grad(denoise: Denoiser, objective: Objective, x: torch.Tensor,
+                         sigmas: torch.Tensor, *, mode: str = "checkpoint",
+                         step_callback: Optional[PhaseCallback] = None,
+                         return_outputs: bool = False):
+    """``loss = objective(euler_sample(denoise, x, sigmas))`` and ``d loss / d x``, checkpointed
+    per step. Returns ``(loss, grad_x)``, plus ``x0`` when ``return_outputs``."""
+    if mode != "checkpoint":
+        raise ValueError(f"the Euler chain supports only mode='checkpoint' (an Euler step has no exact "
+                         f"inverse to rebuild its input from), got {mode!r}")
+    validate_euler_chain(x, sigmas)
+    s = _sigmas_as(sigmas, x)
+
+    def step(k, state):
+        return (euler_step(denoise, state[0], s[k], s[k + 1]),)
+
+    loss, (gx,), (x0,) = _chain_value_and_grad(step, None, objective, (x,), s.numel() - 1, mode,
+                                                step_callback)
+    return (loss, gx, x0) if return_outputs else (loss, gx)

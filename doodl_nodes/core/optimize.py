@@ -35,8 +35,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .backprop import GRAD_MODES, Objective, PhaseCallback, edict_value_and_grad
-from .edict import Denoiser, InputScale, _sigmas_as, edict_sample, validate_chain
+from .backprop import GRAD_MODES, Objective, PhaseCallback
+from .chains import CHAINS, make_chain
+from .edict import Denoiser, InputScale, _sigmas_as, validate_chain
 
 __all__ = ["DoodlConfig", "DoodlResult", "IterationInfo", "doodl_optimize", "doodl_update"]
 
@@ -58,6 +59,7 @@ class DoodlConfig:
     seed: int = 0                   # seeds the perturbation noise
     start_step: int = 0             # optimize the latent after this many denoising steps (opt_t)
     evaluate_final: bool = True     # score the last iterate with a forward-only pass
+    chain: str = "edict"            # "edict" (the pair, exactly invertible) or "euler" (one latent)
 
     def validate(self, num_steps: Optional[int] = None) -> None:
         def bad(name, why):
@@ -78,6 +80,11 @@ class DoodlConfig:
             bad("p", "must be in (0, 1]")
         if self.grad_mode not in GRAD_MODES:
             bad("grad_mode", f"must be one of {GRAD_MODES}")
+        if self.chain not in CHAINS:
+            bad("chain", f"must be one of {CHAINS}")
+        if self.chain == "euler" and self.grad_mode != "checkpoint":
+            bad("grad_mode", "must be 'checkpoint' for the Euler chain (an Euler step has no exact "
+                             "inverse to rebuild its input from)")
         if not isinstance(self.start_step, int) or self.start_step < 0:
             bad("start_step", "must be an integer >= 0")
         if num_steps is not None and self.start_step >= num_steps:
@@ -123,33 +130,30 @@ class DoodlResult:
     best_y0: Optional[torch.Tensor] = None
 
 
-def doodl_update(u: tuple[torch.Tensor, torch.Tensor], grad: tuple[torch.Tensor, torch.Tensor],
-                 velocity: Optional[tuple[torch.Tensor, torch.Tensor]], norms0, config: DoodlConfig,
+def doodl_update(u: tuple, grad: tuple, velocity: Optional[tuple], norms0, config: DoodlConfig,
                  generator: torch.Generator):
-    """One DOODL update of the optimized pair ``u`` from the loss gradient ``grad`` (w.r.t. ``u``).
+    """One DOODL update of the optimized latents ``u`` (the EDICT pair, or one latent for the Euler
+    chain) from the loss gradient ``grad`` (w.r.t. ``u``).
 
     Returns ``(new_u, new_velocity)``. Pure function of its inputs and the generator state.
     """
-    gx, gy = (-config.lr * g for g in grad)
-    if config.tie_latents:  # the released order: tie, then clip
-        gx = gy = (gx + gy) / 2
+    g = tuple(-config.lr * gi for gi in grad)
+    tie = config.tie_latents and len(u) > 1
+    if tie:  # the released order: tie, then clip
+        g = (sum(g) / len(g),) * len(g)
     if config.clip > 0:
-        gx, gy = gx.clamp(-config.clip, config.clip), gy.clamp(-config.clip, config.clip)
-    if velocity is None:
-        bx, by = gx, gy
-    else:
-        bx, by = config.momentum * velocity[0] + gx, config.momentum * velocity[1] + gy
-    ux, uy = u[0] + bx, u[1] + by
+        g = tuple(gi.clamp(-config.clip, config.clip) for gi in g)
+    b = g if velocity is None else tuple(config.momentum * vi + gi for vi, gi in zip(velocity, g))
+    u = tuple(ui + bi for ui, bi in zip(u, b))
     if config.perturbation > 0:
-        noise = torch.randn(ux.shape, generator=generator, dtype=torch.float64, device="cpu")
-        noise = noise.to(device=ux.device, dtype=ux.dtype) * config.perturbation
-        ux, uy = ux + noise, uy + noise
-    if config.tie_latents:
-        ux = uy = (ux + uy) / 2
+        noise = torch.randn(u[0].shape, generator=generator, dtype=torch.float64, device="cpu")
+        noise = noise.to(device=u[0].device, dtype=u[0].dtype) * config.perturbation
+        u = tuple(ui + noise for ui in u)   # the same draw for x and y
+    if tie:
+        u = (sum(u) / len(u),) * len(u)
     if config.renormalize:
-        ux = _rescale(ux, norms0[0])
-        uy = _rescale(uy, norms0[1])
-    return (ux, uy), (bx, by)
+        u = tuple(_rescale(ui, ni) for ui, ni in zip(u, norms0))
+    return u, b
 
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
@@ -164,15 +168,48 @@ def _finite(*ts: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in ts)
 
 
+def _scale_at(noise_scale, sigma) -> float:
+    v = float(noise_scale(float(sigma)) if callable(noise_scale) else noise_scale)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"noise_scale must be a positive finite number, got {v!r}")
+    return v
+
+
+def _record(result: DoodlResult, m: int, loss: float, pair: tuple, outputs: tuple) -> None:
+    """Keep iterate ``m`` as the latest, and as the best if it scored lowest."""
+    result.x, result.y = pair
+    if loss < result.best_loss:
+        result.best_loss, result.best_iteration = loss, m
+        result.best_x, result.best_y = pair
+        result.best_x0, result.best_y0 = outputs
+
+
+def _evaluate_final(result: DoodlResult, ops, objective: Objective, state: tuple,
+                    chain: torch.Tensor, start_index: int, m: int) -> None:
+    """Score the final iterate with a forward-only pass (it may be the best)."""
+    with torch.no_grad():
+        outputs = ops.pair(ops.sample(state, chain, start_index))
+    with torch.enable_grad():  # objectives may build graphs; we only need the value
+        final = float(objective(*outputs).detach())
+    if math.isfinite(final):
+        result.final_loss = final
+        result.final_x0, result.final_y0 = outputs
+        _record(result, m, final, ops.pair(state), outputs)
+    else:
+        result.warnings.append("the final iterate's loss is not finite; best_* excludes it")
+
+
 def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sigmas: torch.Tensor,
                    config: DoodlConfig, *, y: Optional[torch.Tensor] = None,
                    callback: Optional[Callable[[IterationInfo], Optional[bool]]] = None,
                    noise_scale: Union[float, Callable[[float], float]] = 1.0,
                    step_callback: Optional[PhaseCallback] = None, start_index: int = 0,
                    input_scale: Optional[InputScale] = None) -> DoodlResult:
-    """Optimize the EDICT starting pair to minimize ``objective(x0, y0)`` (Algorithm 1).
+    """Optimize the chain's starting latent(s) to minimize ``objective(x0, y0)`` (Algorithm 1).
 
-    ``y=None`` means ``y = x`` (text-to-image); a pair from ``edict_invert`` is editing.
+    ``config.chain`` picks the chain: "edict" (the pair; ``y=None`` means ``y = x``, text-to-image; a
+    pair from ``edict_invert`` is editing) or "euler" (one latent ``x``; ``y`` must be None, and the
+    objective receives its one output twice, ``objective(x0, x0)``).
     ``noise_scale`` is a number, or a function of a sigma (the scale at ``sigmas[start_step]`` sets
     the optimized variable, the one at ``sigmas[0]`` the renormalization target).
     ``start_index`` is the absolute index of ``sigmas[0]`` in the SIGMAS the pair belongs to (step
@@ -180,47 +217,40 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
     ``callback(info)`` runs once per iteration; returning True stops the run.
     ``step_callback(phase, k, total)`` runs after every chain step (progress, interrupts).
     """
+    if config.chain == "euler" and y is not None:
+        raise ValueError("the Euler chain optimizes one latent: pass y=None (an EDICT pair needs "
+                         "chain='edict')")
     y = x if y is None else y
     validate_chain(x, y, sigmas, config.p)
-    num_steps = sigmas.numel() - 1
-    config.validate(num_steps)
+    config.validate(sigmas.numel() - 1)
+    ops = make_chain(config.chain, denoise, p=config.p, leapfrog=config.leapfrog,
+                     input_scale=input_scale)
     s = _sigmas_as(sigmas, x)
     k0 = config.start_step
-    chain_kw = dict(p=config.p, leapfrog=config.leapfrog, input_scale=input_scale)
-
-    def scale_at(sigma) -> float:
-        v = float(noise_scale(float(sigma)) if callable(noise_scale) else noise_scale)
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"noise_scale must be a positive finite number, got {v!r}")
-        return v
-
-    x, y = x.detach(), y.detach()
-    scale0 = scale_at(s[0])
-    norms0 = (_norms(x / scale0), _norms(y / scale0))   # the released code's orig_norm
+    state = ops.state(x.detach(), y.detach())
+    scale0 = _scale_at(noise_scale, s[0])
+    norms0 = tuple(_norms(t / scale0) for t in state)   # the released code's orig_norm
     if k0 > 0:
         with torch.no_grad():
-            x, y = edict_sample(denoise, x, y, s[:k0 + 1], start_index=start_index, **chain_kw)
-        if config.tie_latents:
-            x = y = (x + y) / 2
+            state = ops.sample(state, s[:k0 + 1], start_index)
+        if config.tie_latents and len(state) > 1:
+            state = (sum(state) / len(state),) * len(state)
     chain = s[k0:]
-    scale = scale_at(chain[0])
-
-    def value_and_grad(ux, uy):
-        return edict_value_and_grad(denoise, objective, ux * scale, uy * scale, chain,
-                                    mode=config.grad_mode, start_index=start_index + k0,
-                                    step_callback=step_callback, return_outputs=True, **chain_kw)
-
+    scale = _scale_at(noise_scale, chain[0])
     generator = torch.Generator(device="cpu").manual_seed(int(config.seed))
-    u = (x / scale, y / scale)
+    u = tuple(t / scale for t in state)
     velocity = None
+    x, y = ops.pair(state)
     result = DoodlResult(x=x, y=y, best_x=x, best_y=y, best_loss=math.inf, start_step=k0,
                          sigmas=chain)
     zero_grad_iters = []
 
     for m in range(config.iterations):
-        loss_t, gx, gy, x0, y0 = value_and_grad(*u)
+        loss_t, grads, outputs = ops.value_and_grad(objective, tuple(t * scale for t in u), chain,
+                                                    start_index + k0, config.grad_mode, step_callback)
         loss = float(loss_t)
-        if not (math.isfinite(loss) and _finite(gx, gy)):
+        pair, out_pair = ops.pair(tuple(t * scale for t in u)), ops.pair(outputs)
+        if not (math.isfinite(loss) and _finite(*grads)):
             what = "loss" if not math.isfinite(loss) else "gradient"
             result.status = "nonfinite"
             result.warnings.append(f"iteration {m}: the {what} is not finite (NaN or inf); stopped "
@@ -230,39 +260,24 @@ def doodl_optimize(denoise: Denoiser, objective: Objective, x: torch.Tensor, sig
                 result.final_x0, result.final_y0 = result.best_x0, result.best_y0
             break
         result.losses.append(loss)
-        result.x, result.y = u[0] * scale, u[1] * scale
-        if loss < result.best_loss:
-            result.best_loss, result.best_iteration = loss, m
-            result.best_x, result.best_y = result.x, result.y
-            result.best_x0, result.best_y0 = x0, y0
-        grad_norm = float(torch.sqrt(gx.pow(2).sum() + gy.pow(2).sum())) * scale
+        _record(result, m, loss, pair, out_pair)
+        grad_norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads))) * scale
         if grad_norm == 0.0:
             zero_grad_iters.append(m)
         if callback is not None:
-            info = IterationInfo(m, config.iterations, loss, grad_norm, result.best_loss,
-                                 result.x, result.y, x0, y0)
+            info = IterationInfo(m, config.iterations, loss, grad_norm, result.best_loss, *pair,
+                                 *out_pair)
             if callback(info):
                 result.status = "stopped"
-                result.final_x0, result.final_y0 = x0, y0
+                result.final_x0, result.final_y0 = out_pair
                 break
-        u, velocity = doodl_update(u, (gx * scale, gy * scale), velocity, norms0, config, generator)
-        result.x, result.y = u[0] * scale, u[1] * scale
+        u, velocity = doodl_update(u, tuple(g * scale for g in grads), velocity, norms0, config,
+                                   generator)
+        result.x, result.y = ops.pair(tuple(t * scale for t in u))
     else:
         if config.evaluate_final and config.iterations > 0:
-            with torch.no_grad():
-                x0, y0 = edict_sample(denoise, result.x, result.y, chain,
-                                      start_index=start_index + k0, **chain_kw)
-            with torch.enable_grad():  # objectives may build graphs; we only need the value
-                final = float(objective(x0, y0).detach())
-            if math.isfinite(final):
-                result.final_loss = final
-                result.final_x0, result.final_y0 = x0, y0
-                if final < result.best_loss:
-                    result.best_loss, result.best_iteration = final, config.iterations
-                    result.best_x, result.best_y = result.x, result.y
-                    result.best_x0, result.best_y0 = x0, y0
-            else:
-                result.warnings.append("the final iterate's loss is not finite; best_* excludes it")
+            _evaluate_final(result, ops, objective, tuple(t * scale for t in u), chain,
+                            start_index + k0, config.iterations)
     if zero_grad_iters:
         result.warnings.append(
             f"the gradient was exactly zero at {len(zero_grad_iters)} of {len(result.losses)} "
