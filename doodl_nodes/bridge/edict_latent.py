@@ -2,7 +2,9 @@
 
 EDICT inversion yields two latents ``(x, y)`` that differ; both are needed for an exact
 reconstruction, and only with the same model, sigmas, p and leapfrog setting. The pair is kept in
-float64 on the CPU, in model (``process_in``) space, at noise level ``sigmas[0]``.
+float64 on the CPU, in model (``process_in``) space, at noise level ``sigmas[0]``. DOODL on the plain
+Euler chain returns its latent in the same type (``chain="euler"``, ``y == x``), so EDICT Generate
+regenerates any DOODL result with the chain it was optimized through.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class EdictLatent:
     leapfrog: bool
     model_key: str             # bridge.chain.model_fingerprint of the model that made it
     source: str = "inversion"  # "inversion" | "noise" | "doodl"
+    chain: str = "edict"       # the chain that renders it: "edict", or "euler" (then y == x)
 
     def start_index(self, sigmas: torch.Tensor, input_name: str = "edict_latent") -> int:
         """Where this pair's chain starts within ``sigmas`` (its sigmas must be the tail of them:

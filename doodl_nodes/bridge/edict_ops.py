@@ -9,12 +9,17 @@ import torch
 import comfy.sample
 
 from ..core.edict import edict_invert, edict_sample, validate_chain
+from ..core.euler import euler_sample
 from .chain import ChainModel, model_fingerprint, model_input_scale, run_in_guider
 from .edict_latent import EdictLatent
 from .progress import Progress
 
-__all__ = ["check_sigmas", "check_latent_fits", "invert_latent", "generate_latent", "sample_edict",
-           "seed_noise"]
+__all__ = ["check_sigmas", "check_latent_fits", "check_chain_steps", "invert_latent", "generate_latent",
+           "sample_edict", "sample_chain", "seed_noise", "EDICT_MIN_STEPS"]
+
+#: EDICT's second call sees the first call's result at the next noise level labelled with the
+#: current one; with a single step that is a finished image labelled as pure noise
+EDICT_MIN_STEPS = 2
 
 
 def check_sigmas(sigmas: torch.Tensor, input_name: str = "sigmas") -> torch.Tensor:
@@ -30,6 +35,25 @@ def check_sigmas(sigmas: torch.Tensor, input_name: str = "sigmas") -> torch.Tens
         raise ValueError(f"The {input_name} input is not usable: {exc}. Connect a scheduler node "
                          "(e.g. BasicScheduler) with at least 1 step and denoise > 0.") from None
     return s
+
+
+def check_chain_steps(chain: str, steps: int, what: str = "EDICT") -> None:
+    """Refuse an EDICT chain too short to work (a clear error naming the fix)."""
+    if chain == "edict" and steps < EDICT_MIN_STEPS:
+        raise ValueError(
+            f"{what}: the EDICT chain needs at least {EDICT_MIN_STEPS} sampling steps, got {steps} (its "
+            "second model call sees the first call's result at the next noise level; after a single "
+            "step that is a finished image presented as noise). For one-step and few-step models "
+            "(SD-Turbo, SDXL-Turbo, Flux-schnell) set chain to 'euler', or use more steps.")
+
+
+def sample_chain(chain: "ChainModel", config, pair, sigmas: torch.Tensor, start_index: int) -> torch.Tensor:
+    """x0 of ``pair`` through the chain ``config.chain`` ("edict" or "euler") of this model."""
+    if config.chain == "euler":
+        return euler_sample(chain.denoise, pair[0], sigmas)
+    x0, _ = edict_sample(chain.denoise, pair[0], pair[1], sigmas, p=config.p, leapfrog=config.leapfrog,
+                         start_index=start_index, input_scale=chain.input_scale)
+    return x0
 
 
 def check_latent_fits(model, samples: torch.Tensor, input_name: str = "latent") -> None:
@@ -68,6 +92,7 @@ def invert_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor, l
         raise ValueError("The latent input is all zeros (an empty latent). EDICT inversion needs an "
                          "encoded image: connect LoadImage -> VAEEncode.")
     steps = sigmas.numel() - 1
+    check_chain_steps("edict", steps, "EDICT Inversion")
 
     def fn(chain: ChainModel):
         progress = Progress(steps, node_id)
@@ -89,7 +114,8 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
                     seed: int = 0, p: float = 0.93, leapfrog: bool = True,
                     node_id: Optional[str] = None) -> torch.Tensor:
     """EDICT generation from an EdictLatent, or from seeded noise of ``latent``'s size.
-    Returns the VAE-space latent (x0 of the pair)."""
+    Returns the VAE-space latent (x0 of the pair). A pair DOODL optimized through the Euler chain
+    is rendered with that chain."""
     sig = check_sigmas(sigmas)
     if edict_latent is None:
         if latent is None:
@@ -98,11 +124,12 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
         check_latent_fits(model, latent["samples"])
         noise = seed_noise(model, latent, seed)
         shape = noise.shape
-        p_use, lf_use, start = p, leapfrog, 0
+        p_use, lf_use, start, kind = p, leapfrog, 0, "edict"
     else:
         shape = edict_latent.x.shape
-        p_use, lf_use = edict_latent.p, edict_latent.leapfrog
+        p_use, lf_use, kind = edict_latent.p, edict_latent.leapfrog, edict_latent.chain
         start = edict_latent.start_index(sig)
+    check_chain_steps(kind, sig.numel() - 1 - start, "EDICT Generate")
 
     def fn(chain: ChainModel):
         chain_sigmas = chain.sigmas[start:]
@@ -114,9 +141,12 @@ def generate_latent(model, positive, negative, cfg: float, sigmas: torch.Tensor,
             edict_latent.check_model(model_fingerprint(chain.base_model))
             x = edict_latent.x.to(chain.device)
             y = edict_latent.y.to(chain.device)
-        x0, _ = edict_sample(chain.denoise, x, y, chain_sigmas, p=p_use, leapfrog=lf_use,
-                             callback=lambda *_: progress.step(), start_index=start,
-                             input_scale=chain.input_scale)
+        if kind == "euler":  # a DOODL result optimized through the plain chain
+            x0 = euler_sample(chain.denoise, x, chain_sigmas, callback=lambda *_: progress.step())
+        else:
+            x0, _ = edict_sample(chain.denoise, x, y, chain_sigmas, p=p_use, leapfrog=lf_use,
+                                 callback=lambda *_: progress.step(), start_index=start,
+                                 input_scale=chain.input_scale)
         return chain.base_model.process_latent_out(x0.float()).cpu()
 
     return run_in_guider(model, positive, negative, cfg, sigmas, shape, fn, what="EDICT generation")
@@ -126,6 +156,7 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  leapfrog: bool = True):
     """A k-diffusion-style sampler function (for ``comfy.samplers.KSAMPLER``): EDICT with a float64
     state, starting from ``x = y`` (the noised latent KSAMPLER built), returning x0."""
+    check_chain_steps("edict", len(sigmas) - 1, "EDICT Sampler")
     extra_args = {} if extra_args is None else extra_args
     last = {}
 

@@ -6,6 +6,7 @@ import json
 from ..bridge.doodl_run import SCORE_IMAGES, DoodlRequest, run_doodl
 from ..bridge.guidance_sampler import BASELINE_VARIANTS, one_step_guidance_sampler
 from ..bridge.progress import json_safe
+from ..core.chains import CHAINS
 from ..core.crops import CropConfig
 from ..core.optimize import DoodlConfig
 from . import common as c
@@ -19,15 +20,21 @@ class DOODLOptimize:
         "run. Generate from a seed and an empty latent, or edit an EDICT pair from EDICT Inversion. "
         "Shows the loss and a preview every iteration; can be cancelled at any time.")
     CATEGORY = c.CATEGORY
-    RETURN_TYPES = ("LATENT", "LATENT", "IMAGE", "IMAGE", "STRING", "EDICT_LATENT")
-    RETURN_NAMES = ("latent", "best_latent", "iterates", "loss_plot", "loss_history", "best_edict_latent")
+    RETURN_TYPES = ("LATENT", "LATENT", "IMAGE", "IMAGE", "STRING", "EDICT_LATENT", "NOISE")
+    RETURN_NAMES = ("latent", "best_latent", "iterates", "loss_plot", "loss_history", "best_edict_latent",
+                    "noise")
     OUTPUT_TOOLTIPS = (
         "The image latent after the last update.",
         "The latent of the best-scoring iterate (lowest loss).",
         "A strip of decoded iterates, left to right (up to 'strip_frames').",
         "The loss per iteration (best iterate circled).",
-        "JSON with the losses, best iteration and final scores.",
-        "The best EDICT pair: regenerate it with EDICT Generate, or continue optimizing.",
+        "JSON with the losses, best iteration, final scores and, with a monitor, its loss and scores "
+        "per iteration.",
+        "The best EDICT pair (or the best latent of the euler chain): regenerate it with EDICT "
+        "Generate, or continue optimizing.",
+        "The best iterate's starting noise (unit variance), for SamplerCustomAdvanced: sample it with "
+        "another model of the same latent space (e.g. optimize on SDXL-Turbo, sample with SDXL). "
+        "Empty with start_step > 0.",
     )
     FUNCTION = "optimize"
     OUTPUT_NODE = True
@@ -81,31 +88,60 @@ class DOODLOptimize:
                                                  "memory at high resolution, one more decoder forward."}),
             "strip_frames": ("INT", {"default": 8, "min": 1, "max": 64,
                                      "tooltip": "How many iterates the 'iterates' strip shows."}),
+            "chain": (list(CHAINS), {"default": "edict",
+                      "tooltip": "edict: the paper's exactly invertible pair (2 model calls per step; needs at "
+                                 "least 2 steps; edits inverted images). euler: one latent, plain Euler/DDIM "
+                                 "steps (1 model call per step, works from 1 step: the sampler few-step models "
+                                 "such as SDXL-Turbo and Flux-schnell are made for; no editing of inversions). "
+                                 "With euler, p, leapfrog, tie_latents and score_images do nothing."}),
+            "monitor": (c.SCORER[0], {"tooltip": "Optional held-out scorer (or DOODL Combine Scorers): scored on "
+                                                 "the whole decoded image every iteration but never "
+                                                 "differentiated. Its loss and scores go into the loss history, "
+                                                 "the live view (second curve) and the summary, so you see when "
+                                                 "the optimized reward rises while others fall (reward hacking)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def optimize(self, model, vae, positive, negative, cfg, sigmas, scorer, seed, iterations, lr, momentum,
                  clip, perturbation, renormalize, tie_latents, start_step, grad_mode, num_crops, cut_power,
                  crop_reduction, score_images, precision, latent=None, edict_latent=None, p=0.93,
-                 leapfrog=True, decoder_checkpointing=False, strip_frames=8, unique_id=None):
+                 leapfrog=True, decoder_checkpointing=False, strip_frames=8, chain="edict", monitor=None,
+                 unique_id=None):
         config = DoodlConfig(iterations=iterations, lr=lr, momentum=momentum, clip=clip,
                              perturbation=perturbation, renormalize=renormalize, tie_latents=tie_latents,
-                             p=p, leapfrog=leapfrog, grad_mode=grad_mode, seed=seed, start_step=start_step)
+                             p=p, leapfrog=leapfrog, grad_mode=grad_mode, seed=seed, start_step=start_step,
+                             chain=chain)
         request = DoodlRequest(config=config, crops=CropConfig(num_crops, cut_power, crop_reduction),
                                score_images=score_images, precision=precision,
                                decoder_checkpointing=decoder_checkpointing, strip_frames=strip_frames,
-                               node_id=unique_id)
+                               node_id=unique_id, monitor=monitor)
         out = run_doodl(model, vae, positive, negative, cfg, sigmas, scorer, request,
                         edict_latent=edict_latent, latent=latent, seed=seed)
         base = {k: v for k, v in (latent or {}).items() if k not in ("samples", "noise_mask")}
         # json_safe: NaN/inf become null (browsers cannot parse NaN in websocket messages)
-        summary = json_safe({"best_iteration": out.best_iteration, "best_loss": out.best_loss,
-                             "final_loss": out.final_loss, "status": out.status, "scores": out.scores,
-                             "warnings": out.warnings})
+        summary = {"best_iteration": out.best_iteration, "best_loss": out.best_loss,
+                   "final_loss": out.final_loss, "status": out.status, "scores": out.scores,
+                   "warnings": out.warnings}
+        if out.monitor is not None:
+            summary["monitor"] = {"name": out.monitor["name"],
+                                  "best": _at(out.monitor, out.best_iteration),
+                                  "last": _at(out.monitor, len(out.monitor["losses"]) - 1)}
+        summary = json_safe(summary)
         history = {"losses": json_safe(out.losses), **summary}
+        if out.monitor is not None:
+            history["monitor"] = json_safe(out.monitor)
         ui = {"doodl_losses": history["losses"], "doodl_summary": [summary]}
+        if out.monitor is not None:
+            ui["doodl_monitor"] = json_safe(out.monitor["losses"])
         result = ({**base, "samples": out.final}, {**base, "samples": out.best}, out.strip, out.plot,
-                  json.dumps(history), out.best_pair)
+                  json.dumps(history), out.best_pair, out.noise)
         return {"ui": ui, "result": result}
+
+
+def _at(monitor: dict, i: int):
+    """The monitor's loss and scores at iteration ``i`` (None past the recorded ones)."""
+    if not 0 <= i < len(monitor["losses"]):
+        return None
+    return {"iteration": i, "loss": monitor["losses"][i], "scores": monitor["scores"][i]}
 
 
 class DOODLOneStepGuidance:

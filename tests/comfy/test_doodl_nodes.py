@@ -102,11 +102,12 @@ def test_doodl_node_loss_falls_and_is_reproducible(comfy):
     assert ha["best_loss"] < losses[0] and ha["status"] == "completed"
     assert ha == hb
     assert torch.equal(a["result"][0]["samples"], b["result"][0]["samples"])
-    final, best, strip, plot, _, pair = a["result"]
+    final, best, strip, plot, _, pair, noise = a["result"]
     assert final["samples"].shape == (1, 4, 8, 8) and torch.isfinite(best["samples"]).all()
     assert strip.dim() == 4 and strip.shape[-1] == 3 and plot.shape[-1] == 3
     assert a["ui"]["doodl_losses"] == losses
     assert pair.source == "doodl" and pair.x.dtype == torch.float64
+    assert noise.noise.shape == final["samples"].shape and noise.noise.dtype == torch.float32
 
 
 def test_doodl_after_ksampler_and_vae_decode_loaded_everything(comfy):

@@ -71,7 +71,7 @@ def _run(setup, scorer, iterations=3):
 
 
 def _finite_outputs(out):
-    final, best, strip, plot, history, _ = out["result"]
+    final, best, strip, plot, history, _, _ = out["result"]
     return all(torch.isfinite(t).all() for t in (final["samples"], best["samples"], strip, plot))
 
 
