@@ -26,10 +26,11 @@ from .edict_ops import check_chain_steps, check_latent_fits, check_sigmas, sampl
 from .optimized_noise import OptimizedNoise
 from .progress import Progress, send_event
 from .render import image_strip, loss_plot
+from .scorer_models import patchers_for
 from .vae import check_vae_matches, decode_differentiable
 
 __all__ = ["SCORE_IMAGES", "DoodlRequest", "DoodlOutputs", "DoodlOutOfMemory", "run_doodl", "OOM_HELP",
-           "release_scorer", "DecodeObjective", "IterationReporter"]
+           "DecodeObjective", "IterationReporter"]
 
 log = logging.getLogger("doodl")
 
@@ -43,15 +44,6 @@ MONITOR_CROPS = CropConfig(num_crops=0)
 
 class DoodlOutOfMemory(RuntimeError):
     """Out of memory during DOODL; the message lists the knobs that reduce memory."""
-
-
-def release_scorer(scorer) -> None:
-    """Move the scorer's own models back to the offload device (ComfyUI manages its own models):
-    a cached scorer must not keep GPU memory outside ComfyUI's model management between runs."""
-    try:
-        scorer.to(comfy.model_management.unet_offload_device())
-    finally:
-        comfy.model_management.soft_empty_cache()
 
 
 @dataclass
@@ -271,12 +263,11 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
 
     def fn(chain: ChainModel):
         model_key = model_fingerprint(chain.base_model)
-        for s in scorers:
-            s.to(chain.device)
         result = _optimize(chain, plan, objective, reporter, model_key)
         return (result, *_latents_out(chain, plan, result, model_key))
 
-    extra_patchers = [vae.patcher] + [m for s in scorers for m in s.comfy_models()]
+    # the scorers' networks are loaded, counted and offloaded by ComfyUI with the model
+    extra_patchers = [vae.patcher] + patchers_for(scorers)
     extra_modules = [vae.first_stage_model] + [m for s in scorers for m in s.modules()]
     try:
         result, final, best, pair, noise = run_in_guider(
@@ -284,8 +275,6 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
             extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL")
     finally:
         objective.images = None
-        for s in scorers:
-            release_scorer(s)
     return _outputs(result, reporter, request, final, best, pair, noise)
 
 

@@ -27,8 +27,8 @@ from ..core.edict import edict_sample
 from ..core.guidance import official_estimate, one_step_guided_denoiser
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .chain import model_input_scale
-from .doodl_run import release_scorer
 from .safety import check_gradient_safe
+from .scorer_models import scorer_patchers
 from .vae import check_vae_matches, decode_differentiable
 
 __all__ = ["one_step_guidance_sampler", "BASELINE_VARIANTS"]
@@ -56,9 +56,9 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
         raise ValueError("The 'official' one-step baseline takes x0 from the unconditional (negative) "
                          "prediction, and this guider has no negative conditioning. Use SamplerCustom "
                          "(or a CFGGuider) with a negative prompt, or the 'cfg_x0_euler' variant.")
-    comfy.model_management.load_models_gpu([vae.patcher] + list(scorer.comfy_models()))
+    # the scorer's networks under ComfyUI's model management, like the VAE
+    comfy.model_management.load_models_gpu([vae.patcher] + scorer_patchers(scorer), force_full_load=True)
     device = x.device
-    scorer.to(device)
     make_autograd_safe([base, vae.first_stage_model] + list(scorer.modules()))
     guider.conds = clone_tensor_tree(guider.conds)  # inference-tensor conds cannot be saved for backward
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
@@ -84,20 +84,14 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                                        checkpoint=decoder_checkpointing)
         return scorer.loss(images, crops, gen)
 
-    try:
-        with torch.inference_mode(False):
-            s = sigmas.detach().clone().to(device)
-            if variant == "official":
-                c_in = functools.partial(model_input_scale, base.model_sampling)
-                guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
-                                                  estimate=official_estimate(uncond_denoise, c_in))
-                z = _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
-            else:
-                z = _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s,
-                                  callback)
-    finally:
-        release_scorer(scorer)
-    return z
+    with torch.inference_mode(False):
+        s = sigmas.detach().clone().to(device)
+        if variant == "official":
+            c_in = functools.partial(model_input_scale, base.model_sampling)
+            guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
+                                              estimate=official_estimate(uncond_denoise, c_in))
+            return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
+        return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
 
 
 def _euler_guided(guided, x, s, callback):

@@ -3,8 +3,8 @@
 ComfyUI keeps node *instances* only while their node is in the current graph: a prompt without the
 node drops the instance (and any model cached on it). Alternating workflows would then reload the
 scorer's model every time. This cache outlives node instances; it holds at most ``capacity`` models
-(on the offload device between runs, see ``doodl_run.release_scorer``) and evicts the least
-recently used.
+(ComfyUI loads and offloads them like its own models, see ``scorer_models.py``) and evicts the
+least recently used.
 """
 from __future__ import annotations
 
