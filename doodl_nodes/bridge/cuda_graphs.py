@@ -23,14 +23,11 @@ import contextlib
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import Callable, Optional
 
 import torch
 
 import comfy.model_management
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .chain import ChainModel
 
 __all__ = ["GraphedGuider", "graph_blockers", "cuda_graphs_enabled", "torch_compile_enabled",
            "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV"]
@@ -102,6 +99,8 @@ def graph_blockers(model_wrap, extra_args: dict, device: torch.device) -> list[s
             if key in ("wrappers", "callbacks"):
                 if _has_functions(value):
                     why.append(f"model {key}")
+            elif key == "optimized_attention_override" and getattr(value, "doodl_differentiable", False):
+                continue   # ours: a plain function choice, safe to record
             elif key != "sample_sigmas" and value:
                 why.append(f"transformer option {key!r}")
     mp = getattr(model_wrap, "model_patcher", None)
@@ -176,13 +175,17 @@ class _GraphedCall(torch.autograd.Function):
         z, s = ctx.saved_tensors
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
-            out = runner.chain._eager(zz, s, True)
+            out = runner.call(zz, s, True)
             (gz,) = torch.autograd.grad(out, zz, g)
         return None, None, gz, None
 
 
+#: the eager model call being recorded: ``call(z, s, grad, cache_enabled=True, autocast=None)``
+ModelCall = Callable[..., torch.Tensor]
+
+
 class GraphedGuider:
-    """CUDA-graph replays of ``ChainModel._eager`` for one latent shape.
+    """CUDA-graph replays of an eager model call (``ChainModel.call_model``) for one latent shape.
 
     ``__call__`` returns the model output, or None when the caller must run the call eagerly.
     Pools are private per graph group (no-grad graph; each grad slot), so a replay can only
@@ -194,8 +197,15 @@ class GraphedGuider:
     WARMUP = 2
     SLOTS = 2   # one EDICT step's vector-Jacobian product holds two model calls
 
-    def __init__(self, chain: "ChainModel", shape, device: torch.device, compile: bool = False):
-        self.chain = chain
+    def __init__(self, call: ModelCall, base_model, shape, device: torch.device, *,
+                 compile: bool = False, bf16_copies: bool = False):
+        """``call``: the eager model call; ``base_model``: ComfyUI's BaseModel it runs (its
+        diffusion model is compiled / given bf16 weights for the recording); ``bf16_copies``: run
+        the gradient graphs as a bf16 model from bf16 copies of its weights instead of under the
+        call's own autocast (for an fp16/fp32 model whose gradient pass is bf16)."""
+        self.call = call
+        self.base_model = base_model
+        self.bf16_copies = bf16_copies
         self.compile = compile
         self.shape = tuple(shape)
         self.device = device
@@ -235,18 +245,16 @@ class GraphedGuider:
         self.slots = [None] * self.SLOTS
         self._shadows = None
 
-    #: lay the bf16 copies of 4-D (conv) weights out channels-last: cuDNN then skips its NCHW->NHWC
-    #: conversions (SD1.5 fwd+bwd call 26.1 -> 22.6 ms on an H200; benchmarks/RESULTS.md)
-    SHADOW_CHANNELS_LAST = True
-
     def _bf16_shadows(self) -> Optional[dict]:
         """bf16 copies of the diffusion model's weights for the grad graphs, when the gradient
         pass would otherwise run a fp16/fp32 model under bf16 autocast. The grad graphs then run
         the model as a bf16 model (no autocast): the casts are made once per run instead of at
         every call and are not saved again for every call's backward, and the normalizations run
-        in bf16 instead of being cast to float32 and back around every layer."""
-        base = self.chain.base_model
-        if not self.chain._autocast or base.manual_cast_dtype is not None:
+        in bf16 instead of being cast to float32 and back around every layer. 4-D (conv) copies
+        are laid out channels-last, so cuDNN skips its NCHW->NHWC conversions (SD1.5 fwd+bwd call
+        26.1 -> 22.6 ms on an H200; benchmarks/RESULTS.md)."""
+        base = self.base_model
+        if not self.bf16_copies or base.manual_cast_dtype is not None:
             return None
         if self._shadows is None:
             shadows = {}
@@ -254,7 +262,7 @@ class GraphedGuider:
                 if p.dtype not in (torch.float16, torch.float32):
                     continue
                 t = p.detach().to(torch.bfloat16)
-                if self.SHADOW_CHANNELS_LAST and t.dim() == 4:
+                if t.dim() == 4:
                     t = t.contiguous(memory_format=torch.channels_last)
                 shadows[name] = t
             self._shadows = shadows
@@ -268,7 +276,7 @@ class GraphedGuider:
         if not shadows:
             yield
             return
-        dm = self.chain.base_model.diffusion_model
+        dm = self.base_model.diffusion_model
         swapped = []
         old_dtype = getattr(dm, "dtype", None)
         try:
@@ -302,7 +310,7 @@ class GraphedGuider:
         if not self.compile:
             yield
             return
-        dm = self.chain.base_model.diffusion_model
+        dm = self.base_model.diffusion_model
         dm.forward = torch.compile(type(dm).forward.__get__(dm), dynamic=False)
         try:
             yield
@@ -335,11 +343,11 @@ class GraphedGuider:
     def _capture_nograd(self, z, s):
         sz, ss = z.detach().clone(), s.detach().clone()
         with torch.no_grad():
-            self._warmup(lambda: self.chain._eager(sz, ss, False))
+            self._warmup(lambda: self.call(sz, ss, False))
             graph = torch.cuda.CUDAGraph()
             with _frozen_free_memory(self.device), torch.cuda.graph(graph, stream=self.stream,
                                                                       capture_error_mode="thread_local"):
-                out = self.chain._eager(sz, ss, False)
+                out = self.call(sz, ss, False)
         self.stats["captures"] += 1
         return graph, sz, ss, out
 
@@ -361,7 +369,7 @@ class GraphedGuider:
         autocast = None if shadows is None else False
 
         def fwd_bwd():
-            out = self.chain._eager(sz, ss, True, cache_enabled=False, autocast=autocast)
+            out = self.call(sz, ss, True, cache_enabled=False, autocast=autocast)
             torch.autograd.grad(out, sz, torch.ones_like(out))
 
         with torch.enable_grad(), self._weights(shadows):
@@ -370,7 +378,7 @@ class GraphedGuider:
             fwd = torch.cuda.CUDAGraph()
             with _frozen_free_memory(self.device), torch.cuda.graph(
                     fwd, stream=self.stream, pool=pool, capture_error_mode="thread_local"):
-                out = self.chain._eager(sz, ss, True, cache_enabled=False, autocast=autocast)
+                out = self.call(sz, ss, True, cache_enabled=False, autocast=autocast)
             gout = torch.empty_like(out)
             bwd = torch.cuda.CUDAGraph()
             with torch.cuda.graph(bwd, stream=self.stream, pool=pool,

@@ -20,8 +20,10 @@ import comfy.model_management
 
 from ..core.crops import CropConfig
 from ..core.optimize import DoodlConfig, DoodlResult, IterationInfo, doodl_optimize
-from .chain import ChainModel, model_fingerprint, run_in_guider
+from .chain import ChainModel, cuda_graphs_enabled, model_fingerprint, run_in_guider
 from .edict_latent import EdictLatent
+from .memory_plan import (MemoryNeeds, MemoryPlan, available_memory, latent_pixels, module_params,
+                          patcher_bytes, plan_memory)
 from .edict_ops import check_chain_steps, check_latent_fits, check_sigmas, sample_chain, seed_noise
 from .optimized_noise import OptimizedNoise
 from .progress import Progress, send_event
@@ -74,6 +76,7 @@ class DoodlOutputs:
     scores: dict[str, float]
     noise: OptimizedNoise          # the best iterate's unit-variance starting noise (NOISE)
     monitor: Optional[dict] = None  # {"name", "losses", "scores"} per iteration, if a monitor ran
+    memory: dict = field(default_factory=dict)  # the memory plan: available, estimate, choices
 
 
 @dataclass
@@ -87,6 +90,7 @@ class _Plan:
     noise: Optional[torch.Tensor] = None
     edict_latent: Optional[EdictLatent] = None
     score_images: str = "both"
+    memory: MemoryPlan = field(default_factory=MemoryPlan)
 
 
 def _plan(model, sigmas64: torch.Tensor, request: DoodlRequest, edict_latent, latent, seed) -> _Plan:
@@ -115,6 +119,40 @@ def _plan(model, sigmas64: torch.Tensor, request: DoodlRequest, edict_latent, la
     return _Plan(config, shape, start, steps - config.start_step, noise, edict_latent, score_images)
 
 
+def _crops_with_grad(scorer, crops: CropConfig) -> int:
+    """Crops per image whose scorer activations a backward pass keeps (the best one for min)."""
+    parts = [s for s, w in scorer.parts if w != 0] if hasattr(scorer, "parts") else [scorer]
+    keep = 0
+    for s in parts:
+        if hasattr(s, "parts"):
+            keep = max(keep, _crops_with_grad(s, crops))
+        elif hasattr(s, "crop_reduction"):
+            keep = max(keep, 1 if s.crop_reduction(crops) == "min" else max(crops.num_crops, 1))
+    return keep
+
+
+def _plan_memory(model, vae, scorers, request: DoodlRequest, plan: _Plan, cfg: float) -> MemoryPlan:
+    """Memory-saving choices for this run (``memory_plan.py``), made before any model work."""
+    device = comfy.model_management.get_torch_device()
+    scorer = scorers[0]
+    patchers = [model, vae.patcher] + patchers_for(scorers)
+    unet = model.get_model_object("diffusion_model")
+    dtype = model.model_dtype()
+    copies = (request.precision == "bf16" and dtype in (torch.float16, torch.float32)
+              and device.type == "cuda" and cuda_graphs_enabled())
+    n_images = plan.shape[0] * (2 if plan.score_images == "both" else 1)
+    ratio = vae.spacial_compression_decode() if hasattr(vae, "spacial_compression_decode") else 8
+    needs = MemoryNeeds(
+        weights=patcher_bytes(patchers), unet_params=module_params([unet]), bf16_copies=copies,
+        latent_numel=latent_pixels(plan.shape), cfg_batch=1 if cfg == 1 else 2,
+        image_pixels=int(plan.shape[-2] * plan.shape[-1] * ratio * ratio), images=n_images,
+        scorer_params=module_params(scorer.modules()), crops=max(request.crops.num_crops, 1),
+        crops_with_grad=_crops_with_grad(scorer, request.crops),
+        decoder_checkpointing=request.decoder_checkpointing)
+    return plan_memory(needs, available_memory(device), score_images=plan.score_images,
+                       reduction_keeps_all=needs.crops_with_grad > 1, can_drop_copies=copies)
+
+
 def _scored_latents(x0, y0, which: str):
     if which == "both":
         return torch.cat([x0, y0], dim=0)
@@ -127,10 +165,12 @@ class DecodeObjective:
     """``objective(x0, y0)``: decode the scored latents differentiably and score them; the mean over
     the scored EDICT images, summed over the batch (independent samples). Keeps the last images."""
 
-    def __init__(self, vae, latent_format, scorer, request: DoodlRequest, score_images: str, seed: int):
+    def __init__(self, vae, latent_format, scorer, request: DoodlRequest, plan: _Plan, seed: int):
         self.vae, self.latent_format, self.scorer = vae, latent_format, scorer
-        self.crops, self.checkpoint = request.crops, request.decoder_checkpointing
-        self.score_images = score_images
+        memory = plan.memory
+        self.crops = replace(request.crops, chunk=memory.crop_chunk or request.crops.chunk)
+        self.checkpoint = request.decoder_checkpointing or memory.decoder_checkpointing
+        self.score_images = memory.score_images or plan.score_images
         self.images: Optional[torch.Tensor] = None
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
 
@@ -257,7 +297,8 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
     check_vae_matches(vae, latent_format)
     plan = _plan(model, sig64, request, edict_latent, latent, seed)
     scorers = [scorer] + ([] if request.monitor is None else [request.monitor])
-    objective = DecodeObjective(vae, latent_format, scorer, request, plan.score_images, plan.config.seed)
+    plan.memory = _plan_memory(model, vae, scorers, request, plan, cfg)
+    objective = DecodeObjective(vae, latent_format, scorer, request, plan, plan.config.seed)
     reporter = IterationReporter(objective, Progress(plan.config.iterations * 2 * plan.opt_steps,
                                                      request.node_id), request)
 
@@ -272,14 +313,15 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
     try:
         result, final, best, pair, noise = run_in_guider(
             model, positive, negative, cfg, sigmas, plan.shape, fn, grad=True, precision=request.precision,
-            extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL")
+            extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL",
+            bf16_copies=plan.memory.bf16_copies)
     finally:
         objective.images = None
-    return _outputs(result, reporter, request, final, best, pair, noise)
+    return _outputs(result, reporter, request, final, best, pair, noise, plan.memory)
 
 
 def _outputs(result: DoodlResult, reporter: IterationReporter, request: DoodlRequest, final, best,
-             pair: EdictLatent, noise: OptimizedNoise) -> DoodlOutputs:
+             pair: EdictLatent, noise: OptimizedNoise, memory: MemoryPlan) -> DoodlOutputs:
     for w in result.warnings:
         log.warning("DOODL: %s", w)
     strip = image_strip(_pick_frames(reporter.frames, request.strip_frames, result.best_iteration))
@@ -292,9 +334,12 @@ def _outputs(result: DoodlResult, reporter: IterationReporter, request: DoodlReq
     if reporter.monitor is not None:
         done["monitor"] = reporter.monitor
     send_event("doodl.done", done, request.node_id)
+    warnings = list(result.warnings)
+    if memory.choices:
+        warnings.append("memory was short, so DOODL chose: " + ", ".join(memory.choices))
     return DoodlOutputs(final, best, strip, plot, list(result.losses), best_loss, result.final_loss,
-                        result.best_iteration, pair, result.status, list(result.warnings),
-                        dict(reporter.scores), noise, reporter.monitor)
+                        result.best_iteration, pair, result.status, warnings,
+                        dict(reporter.scores), noise, reporter.monitor, memory.report())
 
 
 def _pick_frames(frames, n: int, best_iteration: int):

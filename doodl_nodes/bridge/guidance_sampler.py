@@ -27,7 +27,7 @@ from ..core.edict import edict_sample
 from ..core.guidance import official_estimate, one_step_guided_denoiser
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .chain import model_input_scale
-from .safety import check_gradient_safe
+from .safety import check_gradient_safe, differentiable_attention_override
 from .scorer_models import scorer_patchers
 from .vae import check_vae_matches, decode_differentiable
 
@@ -47,7 +47,7 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                              leapfrog=True):
     if variant not in BASELINE_VARIANTS:
         raise ValueError(f"variant must be one of {BASELINE_VARIANTS}, got {variant!r}")
-    extra_args = {} if extra_args is None else extra_args
+    extra_args = _with_differentiable_attention({} if extra_args is None else extra_args)
     base = _base_model(model)
     guider = model.inner_model
     check_gradient_safe(guider.model_patcher, "One-step guidance")
@@ -92,6 +92,19 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                                               estimate=official_estimate(uncond_denoise, c_in))
             return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
         return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
+
+
+def _with_differentiable_attention(extra_args: dict) -> dict:
+    """``extra_args`` whose model options route memory-chunked attention to a differentiable one
+    (``safety.differentiable_attention_override``) for the guided calls."""
+    override = differentiable_attention_override()
+    if override is None:
+        return extra_args
+    options = dict(extra_args.get("model_options") or {})
+    transformer = dict(options.get("transformer_options") or {})
+    transformer.setdefault("optimized_attention_override", override)
+    options["transformer_options"] = transformer
+    return {**extra_args, "model_options": options}
 
 
 def _euler_guided(guided, x, s, callback):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import comfy.cli_args
 
-__all__ = ["UnsafeSettingError", "check_gradient_safe", "check_exactness_safe", "cache_wrappers"]
+__all__ = ["UnsafeSettingError", "check_gradient_safe", "check_exactness_safe", "cache_wrappers",
+           "differentiable_attention_override"]
 
 _CACHE_MARKERS = ("cache", "teacache", "skip", "fbcache", "deepcache", "tgate")
 
@@ -60,3 +61,32 @@ def check_gradient_safe(model, what: str = "DOODL") -> None:
             f"{what} needs gradients through every layer, but ComfyUI was started with --fast "
             "fp8 matrix multiplication (fp8_matrix_mult), which has no backward pass. Restart "
             "ComfyUI without --fast (or with --fast listing only other features).")
+
+
+def differentiable_attention_override():
+    """An ``optimized_attention_override`` for the gradient pass, or None when not needed.
+
+    ComfyUI's sub-quadratic and split attention (its defaults when PyTorch's scaled-dot-product
+    attention is not enabled, e.g. on CPU or with --use-split-cross-attention) size their chunks from
+    the free memory, and when memory is short they switch to in-place softmax kernels
+    (``torch.exp(x, out=x)``) that autograd cannot differentiate. For DOODL's gradient pass the
+    override routes those two to ComfyUI's PyTorch attention (the same function, differentiable at
+    any memory level); every other attention is left alone.
+    """
+    import comfy.ldm.modules.attention as attention
+
+    wrapped = [getattr(attention, n, None) for n in ("attention_sub_quad", "attention_split")]
+    wrapped = [f for f in wrapped if f is not None]
+    if attention.optimized_attention not in wrapped:
+        return None
+    # the override receives the undecorated function (ComfyUI's wrap_attn passes ``func``)
+    chunked = set(wrapped) | {getattr(f, "__wrapped__", f) for f in wrapped}
+    safe = attention.attention_pytorch
+
+    def override(func, *args, **kwargs):
+        if func in chunked:
+            return safe(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    override.doodl_differentiable = True
+    return override

@@ -38,10 +38,16 @@ class CropConfig:
     num_crops: int = 16
     cut_power: float = 0.3
     reduction: str = "auto"
+    #: back-propagate the crops in chunks of this many (0: all at once): each chunk's scorer
+    #: activations are recomputed in the backward pass instead of kept, so the scorer's memory is
+    #: that of one chunk; values and gradients are unchanged, the cost is one more scorer forward
+    chunk: int = 0
 
     def __post_init__(self):
         if self.num_crops < 0:
             raise ValueError(f"num_crops must be >= 0, got {self.num_crops}")
+        if self.chunk < 0:
+            raise ValueError(f"chunk must be >= 0, got {self.chunk}")
         if not self.cut_power > 0:
             raise ValueError(f"cut_power must be > 0, got {self.cut_power}")
         if self.reduction not in CROP_CHOICES:

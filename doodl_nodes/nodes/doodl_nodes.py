@@ -120,7 +120,7 @@ class DOODLOptimize:
         # json_safe: NaN/inf become null (browsers cannot parse NaN in websocket messages)
         summary = {"best_iteration": out.best_iteration, "best_loss": out.best_loss,
                    "final_loss": out.final_loss, "status": out.status, "scores": out.scores,
-                   "warnings": out.warnings}
+                   "warnings": out.warnings, "memory": out.memory}
         if out.monitor is not None:
             summary["monitor"] = {"name": out.monitor["name"],
                                   "best": _at(out.monitor, out.best_iteration),

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.losses import reduce_over_crops
-from .base import CropScorer, check_images, freeze, unique
+from .base import CropScorer, check_images, chunked, freeze, unique
 from .encoders import ImageEncoder
 from .weights import WeightsFileError, extract_state_dict, load_weights_file, strip_prefix
 
@@ -164,10 +164,11 @@ class AestheticScorer(CropScorer):
     def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.score_loss(self.clamped_score(pixels))
 
-    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str) -> torch.Tensor:
+    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str,
+                         chunk: int = 0) -> torch.Tensor:
         if reduction != "mean_score":
-            return super().reduce_crop_loss(pixels, num_crops, reduction)
-        per_crop = self.clamped_score(pixels).float()
+            return super().reduce_crop_loss(pixels, num_crops, reduction, chunk)
+        per_crop = chunked(self.clamped_score, pixels, chunk).float()
         return self.score_loss(reduce_over_crops(per_crop, num_crops, "mean"))
 
     def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from ..core.crops import CropConfig, crops_from_boxes, image_crop_boxes, make_cr
 from ..core.losses import reduce_over_crops
 
 __all__ = ["DoodlScorer", "CropScorer", "DEFAULT_CROPS", "check_images", "plain_tensor",
-           "freeze", "unique"]
+           "freeze", "unique", "chunked"]
 
 DEFAULT_CROPS = CropConfig()
 
@@ -49,6 +49,18 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+def chunked(fn, pixels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``fn(pixels)`` (rows independent), evaluated in chunks of ``chunk`` rows whose activations
+    are recomputed in the backward pass (``torch.utils.checkpoint``) when a gradient is being
+    recorded: the same values and gradients with one chunk's activation memory. ``chunk <= 0``, no
+    grad, or a batch that fits one chunk: a plain call."""
+    if chunk <= 0 or pixels.shape[0] <= chunk or not (torch.is_grad_enabled() and pixels.requires_grad):
+        return fn(pixels)
+    from torch.utils.checkpoint import checkpoint
+
+    return torch.cat([checkpoint(fn, part, use_reentrant=False) for part in pixels.split(chunk)])
 
 
 def unique(items) -> list:
@@ -130,7 +142,7 @@ class CropScorer(DoodlScorer):
                 and images.requires_grad):
             return self._min_crop_loss(images, crops, generator)
         pixels = make_crops(images, self.input_size, crops.num_crops, crops.cut_power, generator)
-        return self.reduce_crop_loss(pixels, max(crops.num_crops, 1), reduction).to(
+        return self.reduce_crop_loss(pixels, max(crops.num_crops, 1), reduction, crops.chunk).to(
             device=images.device, dtype=torch.float32)
 
     def _min_crop_loss(self, images: torch.Tensor, crops: CropConfig,
@@ -148,9 +160,10 @@ class CropScorer(DoodlScorer):
                             for i, k in enumerate(best)])
         return self.crop_loss(chosen).float().to(device=images.device)
 
-    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str) -> torch.Tensor:
+    def reduce_crop_loss(self, pixels: torch.Tensor, num_crops: int, reduction: str,
+                         chunk: int = 0) -> torch.Tensor:
         """Per-image loss ``(B,)`` from crop-major crops ``pixels`` (``num_crops`` per image)."""
-        per_crop = self.crop_loss(pixels).float()
+        per_crop = chunked(self.crop_loss, pixels, chunk).float()
         return reduce_over_crops(per_crop, num_crops, reduction)
 
     def resize_whole(self, images: torch.Tensor) -> torch.Tensor:

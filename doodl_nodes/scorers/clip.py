@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -18,10 +19,15 @@ import torch.nn.functional as F
 
 from ..core.crops import CropConfig, make_crops, resize_square
 from ..core.losses import reduce_over_crops, spherical_distance
-from .base import DEFAULT_CROPS, CropScorer, check_images, plain_tensor, unique
+from .base import DEFAULT_CROPS, CropScorer, check_images, chunked, plain_tensor, unique
 from .encoders import ImageEncoder, TextEncoder
 
 __all__ = ["CLIPTextScorer", "CLIPImageScorer", "reference_embedding"]
+
+
+def _distance(encoder: ImageEncoder, target: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    emb = encoder(pixels)
+    return spherical_distance(emb, target.to(emb.device))
 
 
 def _encoder_modules(encoders: Sequence[ImageEncoder], owned_only: bool) -> list:
@@ -56,8 +62,7 @@ class CLIPTextScorer(CropScorer):
         return cls(image_encoder, text_encoder(prompt), prompt=prompt, name=name)
 
     def crop_loss(self, pixels: torch.Tensor) -> torch.Tensor:
-        emb = self.encoder(pixels)
-        return spherical_distance(emb, self.target.to(emb.device))
+        return _distance(self.encoder, self.target, pixels)
 
     def scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_images(images)
@@ -137,8 +142,7 @@ class CLIPImageScorer(CropScorer):
                 continue
             px = pixels if enc.image_size == self.input_size else resize_square(pixels,
                                                                                 enc.image_size)
-            emb = enc(px)
-            dist = spherical_distance(emb, target.to(emb.device)).float()
+            dist = chunked(functools.partial(_distance, enc, target), px, crops.chunk).float()
             per_image = reduce_over_crops(dist, max(crops.num_crops, 1), reduction)
             per_image = per_image.to(images.device) * w
             total = per_image if total is None else total + per_image

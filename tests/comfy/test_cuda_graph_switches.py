@@ -35,7 +35,7 @@ def test_graphs_are_not_used_off_cuda_or_on_patched_models():
     patched.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "some_pack", lambda ex, *a, **k: ex(*a, **k))
 
     def fn(chain):
-        return graph_blockers(chain.model_wrap, chain.extra_args, torch.device("cuda")), chain._graphs
+        return graph_blockers(chain.model_wrap, chain.extra_args, torch.device("cuda")), chain.graphs
 
     with torch.inference_mode():
         why_plain, graphs = run_in_guider(model, pos, neg, 2.0, sigmas, (1, 4, 8, 8), fn, cuda_graphs=True)

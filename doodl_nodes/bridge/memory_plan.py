@@ -1,0 +1,160 @@
+"""Choose DOODL's memory-saving settings when the GPU is short of memory.
+
+Before a run, the memory the run needs is estimated from the model sizes and the latent/image
+sizes, and compared with what ComfyUI can give it: the free memory its ``get_free_memory`` reports
+plus what its loaded models hold (it unloads them on demand). While the estimate does not fit, the
+savings below are switched on, in this order, cheapest in effect first:
+
+1. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
+   backward pass): the same loss and gradient, one more scorer forward;
+2. ``decoder checkpointing``: the VAE decoder recomputes its blocks in the backward pass: the same
+   values, one more decoder forward;
+3. ``no bf16 weight copies``: the gradient pass of an fp16/fp32 model runs under bf16 autocast
+   instead of from bf16 copies of its weights (the copies cost 2 bytes per parameter): slower;
+4. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
+   instead of both: half the objective's memory, a different (but also the paper's) objective.
+
+The choices are logged and reported in the loss history (``memory``). The estimate is coarse: its
+constants come from measurements on an H200 (benchmarks/RESULTS.md, "memory model"); a run that
+still runs out of memory stops with DOODL's out-of-memory message listing the same knobs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+import comfy.model_management
+
+__all__ = ["MemoryPlan", "MemoryNeeds", "plan_memory", "estimate", "available_memory", "GIB",
+           "CROP_CHUNK"]
+
+log = logging.getLogger("doodl")
+GIB = 1024 ** 3
+CROP_CHUNK = 4
+
+# Activation memory per unit, calibrated on SD1.5 512² / SDXL 1024² runs (benchmarks/RESULTS.md):
+#: one CFG model call's saved activations (fwd+bwd), bytes per latent element per parameter-GB
+CALL_BYTES = 9.0e3
+#: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: a quarter)
+DECODE_BYTES = 6.0e3
+DECODE_CKPT_FRACTION = 0.25
+#: scorer activations kept per back-propagated crop, bytes per scorer parameter
+SCORER_BYTES_PER_PARAM = 1.0
+#: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state
+SLACK = 1.15
+
+
+@dataclass
+class MemoryNeeds:
+    """What the estimate needs to know about a run."""
+
+    weights: int                    # bytes of every model the run loads (diffusion model, VAE, scorers)
+    unet_params: int                # parameters of the diffusion model
+    bf16_copies: bool               # whether the gradient pass would make bf16 weight copies
+    latent_numel: int               # elements of one model input (batch included)
+    cfg_batch: int                  # 2 with CFG, 1 at cfg 1
+    image_pixels: int               # H * W of one decoded image
+    images: int                     # decoded images per iteration (batch x scored images)
+    scorer_params: int
+    crops: int                      # crops per image
+    crops_with_grad: int            # crops per image whose activations are kept for backward
+    decoder_checkpointing: bool
+
+
+@dataclass
+class MemoryPlan:
+    available: Optional[int] = None     # bytes ComfyUI can give the run (None: not planned)
+    estimate: Optional[int] = None      # bytes the run needs with the chosen settings
+    choices: list = field(default_factory=list)
+    crop_chunk: int = 0
+    decoder_checkpointing: bool = False
+    score_images: Optional[str] = None  # None: as requested
+    bf16_copies: bool = True
+
+    def report(self) -> dict:
+        gib = (lambda v: None if v is None else round(v / GIB, 2))
+        return {"available_gib": gib(self.available), "estimate_gib": gib(self.estimate),
+                "choices": list(self.choices)}
+
+
+def estimate(n: MemoryNeeds) -> int:
+    """Estimated peak bytes of one DOODL iteration (see the module docstring)."""
+    copies = 2 * n.unet_params if n.bf16_copies else 0
+    call = CALL_BYTES * n.latent_numel * n.cfg_batch * max(n.unet_params, 1) / 1e9
+    chain = 2 * call                       # an EDICT step's VJP holds two calls' activations
+    decode = DECODE_BYTES * n.image_pixels * n.images
+    if n.decoder_checkpointing:
+        decode *= DECODE_CKPT_FRACTION
+    scorer = SCORER_BYTES_PER_PARAM * n.scorer_params * n.crops_with_grad * n.images
+    return int(SLACK * (n.weights + copies + chain + decode + scorer))
+
+
+def available_memory(device: torch.device) -> int:
+    """What ComfyUI can give a run on ``device``: its free memory plus what loaded models hold."""
+    mm = comfy.model_management
+    loaded = sum(lm.model_loaded_memory() for lm in mm.current_loaded_models
+                 if getattr(lm, "device", None) == device)
+    return int(mm.get_free_memory(device) + loaded)
+
+
+def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduction_keeps_all: bool,
+                can_drop_copies: bool) -> MemoryPlan:
+    """Switch savings on, in the documented order, until the estimate fits ``available``."""
+    plan = MemoryPlan(available=available, decoder_checkpointing=needs.decoder_checkpointing,
+                      bf16_copies=needs.bf16_copies)
+    steps = []
+    if reduction_keeps_all and needs.crops_with_grad > CROP_CHUNK:
+        steps.append(("crop chunks", lambda n: _replace(n, crops_with_grad=CROP_CHUNK),
+                      lambda p: setattr(p, "crop_chunk", CROP_CHUNK)))
+    if not needs.decoder_checkpointing:
+        steps.append(("decoder checkpointing", lambda n: _replace(n, decoder_checkpointing=True),
+                      lambda p: setattr(p, "decoder_checkpointing", True)))
+    if needs.bf16_copies and can_drop_copies:
+        steps.append(("no bf16 weight copies", lambda n: _replace(n, bf16_copies=False),
+                      lambda p: setattr(p, "bf16_copies", False)))
+    if score_images == "both" and needs.images % 2 == 0:
+        steps.append(("one scored image", lambda n: _replace(n, images=n.images // 2),
+                      lambda p: setattr(p, "score_images", "x")))
+    current = needs
+    plan.estimate = estimate(current)
+    for name, change_needs, change_plan in steps:
+        if plan.estimate <= available:
+            break
+        current = change_needs(current)
+        change_plan(plan)
+        plan.choices.append(name)
+        plan.estimate = estimate(current)
+    if plan.choices:
+        log.warning("DOODL: %.1f GiB estimated against %.1f GiB available: chose %s%s",
+                    estimate(needs) / GIB, available / GIB, ", ".join(plan.choices),
+                    "" if plan.estimate <= available else
+                    f" (still {plan.estimate / GIB:.1f} GiB: it may run out of memory)")
+    return plan
+
+
+def _replace(n: MemoryNeeds, **changes) -> MemoryNeeds:
+    from dataclasses import replace
+
+    return replace(n, **changes)
+
+
+def module_params(modules: Sequence[torch.nn.Module]) -> int:
+    seen, total = set(), 0
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def patcher_bytes(patchers) -> int:
+    return int(sum(p.model_size() for p in patchers))
+
+
+def latent_pixels(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))

@@ -1,0 +1,96 @@
+"""Automatic memory-saving choices: made in order when ComfyUI reports little free memory (only its
+free-memory query is mocked), applied to the run, and reported in the outputs."""
+import json
+
+import pytest
+import torch
+
+from tests.comfy.test_scorer_management import ConvScorer
+from tests.comfyui_env import require_comfyui
+
+pytestmark = pytest.mark.comfyui
+
+GIB = 1024 ** 3
+
+
+def _needs(**kw):
+    from doodl_nodes.bridge.memory_plan import MemoryNeeds
+
+    base = dict(weights=4 * GIB, unet_params=860_000_000, bf16_copies=True, latent_numel=4 * 64 * 64,
+                cfg_batch=2, image_pixels=512 * 512, images=2, scorer_params=300_000_000, crops=16,
+                crops_with_grad=16, decoder_checkpointing=False)
+    base.update(kw)
+    return MemoryNeeds(**base)
+
+
+def test_choices_come_in_order_until_the_estimate_fits():
+    require_comfyui()
+    from doodl_nodes.bridge.memory_plan import estimate, plan_memory
+
+    needs = _needs()
+    full = estimate(needs)
+    kw = dict(score_images="both", reduction_keeps_all=True, can_drop_copies=True)
+    assert plan_memory(needs, full + 1, **kw).choices == []
+    order = ["crop chunks", "decoder checkpointing", "no bf16 weight copies", "one scored image"]
+    seen = []
+    for available in (full - 1, int(full * 0.7), int(full * 0.6), int(full * 0.5), GIB):
+        plan = plan_memory(needs, available, **kw)
+        assert plan.choices == order[:len(plan.choices)]
+        assert plan.choices and (plan.estimate <= available or plan.choices == order)
+        seen.append(len(plan.choices))
+    assert seen == sorted(seen) and seen[-1] == 4          # less memory, more savings
+    last = plan_memory(needs, GIB, **kw)
+    assert (last.crop_chunk, last.decoder_checkpointing, last.bf16_copies, last.score_images) == \
+        (4, True, False, "x")
+    # savings that do not apply are not offered
+    p = plan_memory(_needs(bf16_copies=False, crops_with_grad=1, decoder_checkpointing=True), GIB,
+                    score_images="x", reduction_keeps_all=False, can_drop_copies=False)
+    assert p.choices == []
+    assert estimate(_needs(crops_with_grad=4)) < full
+
+
+def test_short_memory_choices_are_applied_and_reported(monkeypatch):
+    require_comfyui()
+    import comfy.model_management as mm
+
+    from doodl_nodes.nodes.doodl_nodes import DOODLOptimize
+    from tests.comfy.setups import tiny_setup
+    from tests.comfy.tiny_models import tiny_latent
+
+    model, vae, pos, neg, sigmas = tiny_setup("eps", steps=2)
+    scorer = ConvScorer(3)
+    calls = []
+    original = scorer.crop_loss
+
+    def counting(pixels):   # the crop batches scored with a gradient
+        if torch.is_grad_enabled() and pixels.requires_grad:
+            calls.append(pixels.shape[0])
+        return original(pixels)
+
+    scorer.crop_loss = counting
+
+    def run():
+        calls.clear()
+        with torch.inference_mode():
+            out = DOODLOptimize().optimize(
+                model=model, vae=vae, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas, scorer=scorer,
+                seed=0, iterations=1, lr=1.0, momentum=0.9, clip=1e-2, perturbation=0.0, renormalize=True,
+                tie_latents=True, start_step=0, grad_mode="checkpoint", num_crops=8, cut_power=0.3,
+                crop_reduction="auto", score_images="both", precision="fp32", latent=tiny_latent("eps"))
+        return json.loads(out["result"][4]), list(calls)
+
+    plenty, plenty_calls = run()
+    assert plenty["memory"]["choices"] == [] and plenty["memory"]["available_gib"] > 0
+    mm.unload_all_models()
+    def no_room(dev=None, torch_free_too=False):   # a card with no room left
+        return (1024, 1024) if torch_free_too else 1024
+
+    monkeypatch.setattr(mm, "get_free_memory", no_room)
+    short, short_calls = run()
+    choices = short["memory"]["choices"]
+    assert choices[:2] == ["crop chunks", "decoder checkpointing"] and "one scored image" in choices
+    assert any("memory was short" in w and "crop chunks" in w for w in short["warnings"])
+    # applied: one scored image (8 crops of 1 image per objective call) in chunks of 4, recomputed
+    # in the backward pass; with plenty of memory: both images' 16 crops at once
+    assert plenty_calls[0] == 16 and set(short_calls) == {4}
+    assert short["losses"] != plenty["losses"]   # one image instead of two: another objective
