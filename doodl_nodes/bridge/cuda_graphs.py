@@ -2,9 +2,9 @@
 
 Speed (benchmarks/RESULTS.md): on CUDA, a CFG model call through ComfyUI is bound by Python and
 kernel-launch overhead, not by the GPU. ``GraphedGuider`` records the whole call (guider, CFG,
-model) as CUDA graphs and replays them: one graph for calls without grad, and two "slots" (forward
-graph + backward graph each) for the calls with grad that one EDICT step's vector-Jacobian product
-makes. Replays are exact re-executions of the captured kernels on new input values. Graphs are used
+model) as CUDA graphs and replays them: one graph for calls without grad, and one "slot" (forward
+graph + backward graph) for the calls with grad: the gradient walker differentiates one model call at
+a time (an EDICT step's vector-Jacobian product is split into two single-call products). Replays are exact re-executions of the captured kernels on new input values. Graphs are used
 only where that is safe (model fully on the GPU, no patches/wrappers/hooks/ControlNet/timestep
 ranges, one latent shape); anything else, a failed capture, or a replay order that would clobber a
 slot's saved activations falls back to the ordinary eager call (the backward then recomputes the
@@ -195,7 +195,7 @@ class GraphedGuider:
     """
 
     WARMUP = 2
-    SLOTS = 2   # one EDICT step's vector-Jacobian product holds two model calls
+    SLOTS = 1   # the gradient walker holds one model call's activations at a time
 
     def __init__(self, call: ModelCall, base_model, shape, device: torch.device, *,
                  compile: bool = False, bf16_copies: bool = False):

@@ -41,7 +41,7 @@ import torch
 
 __all__ = [
     "Denoiser", "InputScale", "StepCallback", "validate_chain", "ode_direction", "edict_step",
-    "edict_step_inverse", "edict_sample", "edict_invert", "vp_input_scale", "unit_input_scale",
+    "edict_step_inverse", "edict_step_parts", "edict_step_inverse_parts", "edict_sample", "edict_invert", "vp_input_scale", "unit_input_scale",
     "second_call_scale", "updates_x_first",
 ]
 
@@ -113,30 +113,42 @@ def updates_x_first(i: int, leapfrog: bool) -> bool:
     return (not leapfrog) or (i % 2 == 0)
 
 
+def edict_step_parts(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
+                     sigma_next: torch.Tensor, p: float, x_first: bool = True,
+                     input_scale: Optional[InputScale] = None):
+    """:func:`edict_step` that also returns its intermediate: ``(x_next, y_next, first)`` where
+    ``first`` is the half-step made first (``x_inter`` if ``x_first``, else ``y_inter``), the input
+    of the second model call (times ``r``)."""
+    dt = sigma_next - sigma
+    r = second_call_scale(input_scale, sigma, sigma_next)
+    if x_first:
+        x_i = x + dt * ode_direction(denoise, y, sigma)
+        y_i = y + dt * ode_direction(denoise, r * x_i, sigma)
+        first = x_i
+    else:
+        y_i = y + dt * ode_direction(denoise, x, sigma)
+        x_i = x + dt * ode_direction(denoise, r * y_i, sigma)
+        first = y_i
+    x_n = p * x_i + (1 - p) * y_i
+    y_n = p * y_i + (1 - p) * x_n
+    return x_n, y_n, first
+
+
 def edict_step(denoise: Denoiser, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor,
                sigma_next: torch.Tensor, p: float, x_first: bool = True,
                input_scale: Optional[InputScale] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One EDICT step from ``sigma`` to ``sigma_next`` (eq. 5, the official update; see the module
     docstring). ``x_first=False`` is the leapfrog variant: y is updated first (from d(x)), then x
     (from d(y_inter))."""
-    dt = sigma_next - sigma
-    r = second_call_scale(input_scale, sigma, sigma_next)
-    if x_first:
-        x_i = x + dt * ode_direction(denoise, y, sigma)
-        y_i = y + dt * ode_direction(denoise, r * x_i, sigma)
-    else:
-        y_i = y + dt * ode_direction(denoise, x, sigma)
-        x_i = x + dt * ode_direction(denoise, r * y_i, sigma)
-    x_n = p * x_i + (1 - p) * y_i
-    y_n = p * y_i + (1 - p) * x_n
+    x_n, y_n, _ = edict_step_parts(denoise, x, y, sigma, sigma_next, p, x_first, input_scale)
     return x_n, y_n
 
 
-def edict_step_inverse(denoise: Denoiser, x_n: torch.Tensor, y_n: torch.Tensor,
-                       sigma: torch.Tensor, sigma_next: torch.Tensor, p: float,
-                       x_first: bool = True, input_scale: Optional[InputScale] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact inverse of :func:`edict_step` with the same arguments (eq. 6)."""
+def edict_step_inverse_parts(denoise: Denoiser, x_n: torch.Tensor, y_n: torch.Tensor,
+                             sigma: torch.Tensor, sigma_next: torch.Tensor, p: float,
+                             x_first: bool = True, input_scale: Optional[InputScale] = None):
+    """:func:`edict_step_inverse` that also returns the step's intermediate (as
+    :func:`edict_step_parts` does): ``(x, y, first)``."""
     dt = sigma_next - sigma
     r = second_call_scale(input_scale, sigma, sigma_next)
     y_i = (y_n - (1 - p) * x_n) / p
@@ -144,9 +156,18 @@ def edict_step_inverse(denoise: Denoiser, x_n: torch.Tensor, y_n: torch.Tensor,
     if x_first:
         y = y_i - dt * ode_direction(denoise, r * x_i, sigma)
         x = x_i - dt * ode_direction(denoise, y, sigma)
-    else:
-        x = x_i - dt * ode_direction(denoise, r * y_i, sigma)
-        y = y_i - dt * ode_direction(denoise, x, sigma)
+        return x, y, x_i
+    x = x_i - dt * ode_direction(denoise, r * y_i, sigma)
+    y = y_i - dt * ode_direction(denoise, x, sigma)
+    return x, y, y_i
+
+
+def edict_step_inverse(denoise: Denoiser, x_n: torch.Tensor, y_n: torch.Tensor,
+                       sigma: torch.Tensor, sigma_next: torch.Tensor, p: float,
+                       x_first: bool = True, input_scale: Optional[InputScale] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inverse of :func:`edict_step` with the same arguments (eq. 6)."""
+    x, y, _ = edict_step_inverse_parts(denoise, x_n, y_n, sigma, sigma_next, p, x_first, input_scale)
     return x, y
 
 
