@@ -17,6 +17,8 @@ file (under the temporary models root)             contents
 ``doodl/clip/clip-vit-large-patch14/``              a transformers ``CLIPModel`` folder (tiny towers,
                                                     projection 768 like ViT-L/14, for the aesthetic head)
 ``doodl/aesthetic/sa_0_4_vit_l_14_linear.pth``      a LAION-layout linear head (768 -> 1), scores ~5.5
+``doodl/aesthetic/sa_0_4_vit_b_32_linear.pth``      the same for ViT-B/32 (512 -> 1), with
+``doodl/clip/clip-vit-base-patch32/``               a transformers ``CLIPModel`` folder, projection 512
 ``doodl/wsdan/dog.pth.tar``                         a WS-DAN checkpoint in the published layout
                                                     (``module.``-prefixed ``state_dict``, 120 classes);
                                                     the Inception-v3 trunk has its fixed full size
@@ -189,7 +191,9 @@ def write_workflow_models(models_root: Path, input_dir: Path, comfyui_root: Path
     for i, name in enumerate(OPEN_CLIP_FOLDERS):
         write_open_clip_folder(clip_root / name.rstrip("/"), seed=20 + i)
     write_hf_clip_folder(clip_root / specs.CLIP_L14_OPENAI.rstrip("/"))
+    write_hf_clip_folder(clip_root / specs.CLIP_B32_OPENAI.rstrip("/"), projection_dim=512, seed=6)
     write_aesthetic_head(models_root / "doodl" / "aesthetic" / specs.AESTHETIC_HEAD)
+    write_aesthetic_head(models_root / "doodl" / "aesthetic" / specs.AESTHETIC_HEAD_B32, dim=512, seed=7)
     write_wsdan(models_root / "doodl" / "wsdan" / specs.WSDAN_DOGS)
     write_input_image(Path(input_dir), comfyui_root)
     return WorkflowModels(models_root, Path(input_dir), ckpt)

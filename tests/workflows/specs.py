@@ -11,13 +11,15 @@ these names into a temporary models folder, see ``model_files.py``):
 * ``v1-5-pruned-emaonly.safetensors``: Stable Diffusion 1.5 (``models/checkpoints``).
 * ``models/doodl/clip/<name>/``: copies of the Hugging Face repositories the DOODL code uses
   (``laion/CLIP-ViT-{B-32,L-14,g-14}-*``: ``open_clip_config.json`` + weights) and
-  ``openai/clip-vit-large-patch14`` (transformers) for the aesthetic head.
-* ``models/doodl/aesthetic/sa_0_4_vit_l_14_linear.pth`` (LAION aesthetic predictor v1).
+  ``openai/clip-vit-{large-patch14,base-patch32}`` (transformers) for the aesthetic heads.
+* ``models/doodl/aesthetic/sa_0_4_vit_{l_14,b_32}_linear.pth`` (LAION aesthetic predictor v1).
 * ``models/doodl/wsdan/dog.pth.tar`` (WS-DAN, Stanford Dogs, from WS_DAN_PyTorch).
 * ``example.png``: the image every ComfyUI install ships in ``ComfyUI/input``.
 
-Settings follow the paper and the released DOODL demo (reference-notes section 1.3): 50 EDICT
-steps; the demo's learning rate / clip / perturbation per task; iteration counts of 20-50.
+Settings follow the paper and the released DOODL demo notebook (docs/maintainers/released-doodl.md):
+50 EDICT steps, 16 crops with cut power 0.3 (0.06 for personalization), each scorer's released crop
+reduction (``auto``), and the demo's learning rate / clip / perturbation / tying / renormalization
+per task. Where a workflow runs fewer iterations than the demo (a first try), its note says so.
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ CLIP_B32 = "CLIP-ViT-B-32-laion2B-s34B-b79K/"
 CLIP_L14 = "CLIP-ViT-L-14-laion2B-s32B-b82K/"
 CLIP_G14 = "CLIP-ViT-g-14-laion2B-s12B-b42K/"
 CLIP_L14_OPENAI = "clip-vit-large-patch14/"
+CLIP_B32_OPENAI = "clip-vit-base-patch32/"
 AESTHETIC_HEAD = "sa_0_4_vit_l_14_linear.pth"
+AESTHETIC_HEAD_B32 = "sa_0_4_vit_b_32_linear.pth"
 WSDAN_DOGS = "dog.pth.tar"
 IMAGE = "example.png"
 STEPS = 50
@@ -110,6 +114,10 @@ text_to_image = Workflow("doodl1_text_to_image", "DOODL text-to-image with a CLI
           "the scorer.\n\n" + MODELS_NOTE +
           f"- `models/doodl/clip/{CLIP_G14}`: a copy of the Hugging Face repository "
           "`laion/CLIP-ViT-g-14-laion2B-s12B-b42K` (what DOODL uses), or any CLIP in the dropdown\n\n"
+          "Settings are the released demo's (learning rate 1, clip 1e-3, perturbation 1e-4, momentum "
+          "0.9, tied and renormalized latents, 16 crops, cut power 0.3), except the iteration count: "
+          "the demo runs **50**; this workflow runs 20 for a first try (raise `iterations` for the "
+          "published setting).\n\n"
           "Each iteration costs about three EDICT sampling runs (forward, recompute, backward), so "
           "20 iterations cost about 60 sampling runs. Lower `steps` or raise `start_step` for "
           "quicker tries."),
@@ -129,11 +137,17 @@ aesthetic_edit = Workflow("doodl2_aesthetic_edit", "DOODL aesthetic editing of a
           "Paper section 5.3 / the released demo: invert the photo exactly with EDICT, then optimize "
           "the inverted noise pair toward aesthetic score 10 with an **empty prompt** (CFG 1: the "
           "negative pass would be identical), **without tying** the EDICT pair and **without "
-          "renormalization** (both would move away from the photo), no perturbation, 25 iterations.\n\n"
+          "renormalization** (both would move away from the photo), no perturbation, 25 iterations. "
+          "Like the demo it scores with **both** LAION linear heads, ViT-L/14 weighted 0.25 and "
+          "ViT-B/32 weighted 0.75 (the demo's weights 0.5 and 1.5 divided by the two models); the "
+          "demo takes |weighted score - 10|, the Combine node the weighted sum of |score - 10|, which "
+          "is the same while both scores are below 10.\n\n"
           "Load your own photo in *Load Image*.\n\n" + MODELS_NOTE +
-          f"- `models/doodl/aesthetic/{AESTHETIC_HEAD}` (LAION-AI/aesthetic-predictor)\n"
-          f"- `models/doodl/clip/{CLIP_L14_OPENAI}`: a copy of `openai/clip-vit-large-patch14` "
-          "(the head was trained on OpenAI ViT-L/14 embeddings)"),
+          f"- `models/doodl/aesthetic/{AESTHETIC_HEAD}` and `{AESTHETIC_HEAD_B32}` "
+          "(LAION-AI/aesthetic-predictor)\n"
+          f"- `models/doodl/clip/{CLIP_L14_OPENAI}` and `{CLIP_B32_OPENAI}`: copies of "
+          "`openai/clip-vit-large-patch14` and `openai/clip-vit-base-patch32` (each head was trained "
+          "on its OpenAI CLIP's embeddings)"),
     Node("ckpt", "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, col=0),
     Node("image", "LoadImage", {"image": IMAGE}, title="Photo to edit", col=0),
     Node("pos", "CLIPTextEncode", {"text": ""}, {"clip": ("ckpt", 1)}, title="Empty prompt", col=1),
@@ -145,8 +159,14 @@ aesthetic_edit = Workflow("doodl2_aesthetic_edit", "DOODL aesthetic editing of a
     Node("invert", "EDICTInversion", {"cfg": 1.0},
          {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("pos", 0), "sigmas": ("sched", 0),
           "latent": ("encode", 0)}, col=3),
-    Node("scorer", "DOODLAestheticScorer", {"head": AESTHETIC_HEAD, "backbone": CLIP_L14_OPENAI,
+    Node("head_l", "DOODLAestheticScorer", {"head": AESTHETIC_HEAD, "backbone": CLIP_L14_OPENAI,
                                             "goal": "target", "target": 10.0, "precision": "fp32"},
+         title="Aesthetic head ViT-L/14", col=1, color="blue"),
+    Node("head_b", "DOODLAestheticScorer", {"head": AESTHETIC_HEAD_B32, "backbone": CLIP_B32_OPENAI,
+                                            "goal": "target", "target": 10.0, "precision": "fp32"},
+         title="Aesthetic head ViT-B/32", col=1, color="blue"),
+    Node("scorer", "DOODLCombineScorers", {"weight_1": 0.25, "weight_2": 0.75},
+         {"scorer_1": ("head_l", 0), "scorer_2": ("head_b", 0)}, title="Both heads (demo weights)",
          col=2, color="blue"),
     Node("doodl", "DOODLOptimize",
          {"cfg": 1.0, "seed": 0, "control_after_generate": "fixed", "iterations": 25, "lr": 1.0,
@@ -166,8 +186,10 @@ personalization = Workflow("doodl3_personalization", "DOODL personalization with
     _note("note", "## DOODL: personalization with a reference image\n\n"
           "Paper section 5.4: the CLIP *image* ensemble (ViT-B/32, L/14, g/14 weighted 0.5/0.25/0.25) "
           "pulls the generation toward the reference image(s) while the prompt sets the scene. "
-          "Settings from the released demo: lr 3, clip 3e-3, cut power 0.06, no perturbation "
-          "(the demo ran 500 iterations; 50 is a practical start).\n\n"
+          "Settings from the released demo: lr 3, clip 3e-3, cut power 0.06, no perturbation. The "
+          "demo ran **500** iterations (hours); this workflow runs 50 as a practical start. The "
+          "ensemble weights are the paper's; the released notebook, asking for all three models, "
+          "loads only ViT-B/32 (its model selection is an if/elif chain).\n\n"
           "Use your own reference images (a batch works: their mean embedding is the target).\n\n"
           + MODELS_NOTE +
           "- `models/doodl/clip/`: copies of the Hugging Face repositories "
@@ -195,7 +217,7 @@ fine_grained = Workflow("doodl4_fine_grained", "DOODL fine-grained vocabulary ex
           "Paper section 5.2: Stable Diffusion often draws a generic dog for a rare breed. A WS-DAN "
           "classifier trained on Stanford Dogs steers the noise toward the breed. Settings from the "
           "released demo: class 110 (Brabancon griffon), lr 0.05, clip 1e-2, perturbation 1e-3, "
-          "seed 1.\n\n"
+          "seed 1. The demo runs **50** iterations; this workflow runs 25 for a first try.\n\n"
           "Class indices are 0-based in the dataset's class order (birds: CUB-200 `classes.txt` minus "
           "1; aircraft: FGVC-Aircraft variants).\n\n" + MODELS_NOTE +
           f"- `models/doodl/wsdan/{WSDAN_DOGS}` (or `bird.pth.tar`, `aircraft.pth.tar`): the pretrained "
@@ -263,7 +285,8 @@ comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plai
           "1. plain EDICT (DOODL's starting point),\n"
           "2. plain Euler (DDIM) sampling,\n"
           "3. one-step classifier guidance (the paper's baseline: the scorer's gradient on the one-step "
-          "x0 estimate at every step, guidance scale 30 as in the paper),\n"
+          "x0 estimate at every step, guidance scale 30 as in the paper; variant `official` is the "
+          "released code's: x0 from the unconditional prediction, stepped with EDICT),\n"
           "4. DOODL (gradient through the whole chain, 20 iterations).\n\n" + MODELS_NOTE +
           f"- `models/doodl/clip/{CLIP_G14}` (`laion/CLIP-ViT-g-14-laion2B-s12B-b42K`)"),
     *_sd15(COMPARE_PROMPT),
@@ -278,7 +301,7 @@ comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plai
                                     "cfg": 7.5},
          {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "sampler": ("euler", 0),
           "sigmas": ("sched", 0), "latent_image": ("latent", 0)}, title="Plain Euler (seed 0)", col=3),
-    Node("guidance", "DOODLOneStepGuidance", {"guidance_scale": 30.0, "seed": 0},
+    Node("guidance", "DOODLOneStepGuidance", {"guidance_scale": 30.0, "seed": 0, "variant": "official"},
          {"vae": ("ckpt", 2), "scorer": ("scorer", 0)}, col=2),
     Node("guided", "SamplerCustom", {"add_noise": True, "noise_seed": 0, "control_after_generate": "fixed",
                                      "cfg": 7.5},
