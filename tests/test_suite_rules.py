@@ -1,6 +1,7 @@
 """Rules of the test suite itself, checked statically (no ComfyUI needed)."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -56,3 +57,21 @@ def test_missing_comfyui_is_reported_with_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception, match="COMFYUI_PATH"):
         require_comfyui()
+
+
+def test_pack_node_calls_name_their_arguments():
+    """Node methods take many same-typed inputs (cfg, lr, clip, perturbation, p...): a test that
+    passes them by position would silently swap values when a signature is reordered. Calls of a
+    pack node (``DOODL...()``/``EDICT...()``) pass at most three arguments by position."""
+    offenders = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Call)):
+                continue
+            cls = node.func.value.func
+            name = cls.id if isinstance(cls, ast.Name) else getattr(cls, "attr", "")
+            if name.startswith(("DOODL", "EDICT")) and len(node.args) > 3:
+                offenders.append(f"{path.relative_to(TESTS.parent)}:{node.lineno}: {name}().{node.func.attr} "
+                                 f"with {len(node.args)} positional arguments")
+    assert not offenders, "pass node inputs by keyword:\n" + "\n".join(offenders)

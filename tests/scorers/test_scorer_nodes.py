@@ -131,7 +131,8 @@ def test_dropdowns_and_missing_file_errors(sn, pack_folders):
     assert "WS_DAN_PyTorch" in message
     with torch.inference_mode(), pytest.raises(FileNotFoundError,
                                                match="gone.safetensors.*open_clip"):
-        sn.DOODLCLIPTextScorer().build("a fox", "gone.safetensors", "auto", "fp32")
+        sn.DOODLCLIPTextScorer().build(prompt="a fox", clip_model="gone.safetensors", architecture="auto",
+                                       precision="fp32")
 
 
 def test_clip_text_node_with_files_and_cache(sn, pack_folders, tiny_open_clip):
