@@ -10,7 +10,7 @@ Layout (under ``ComfyUI/models/``; every folder can also come from ``extra_model
     doodl/aesthetic/    "doodl_aesthetic"  aesthetic heads (LAION linear, improved MLP)
     doodl/wsdan/        "doodl_wsdan"      WS-DAN checkpoints (bird/dog/aircraft .pth.tar)
 
-Registration merges, never overwrites (comfyui-notes §4.3): paths a user configured for any of
+Registration merges, never overwrites (docs/maintainers/comfyui-internals.md §4.3): paths a user configured for any of
 these keys stay first, the defaults are appended, and extension sets are unioned. Every base path
 of ``doodl`` (the default and the user's) contributes its ``clip``/``aesthetic``/``wsdan``
 sub-folders. ComfyUI's CLIP_VISION models stay in its own ``clip_vision`` folder.
