@@ -94,11 +94,13 @@ def estimate(n: MemoryNeeds) -> int:
 
 
 def available_memory(device: torch.device) -> int:
-    """What ComfyUI can give a run on ``device``: its free memory plus what loaded models hold."""
+    """What ComfyUI can give a run on ``device``: its free memory plus what loaded models hold, less
+    the memory the user reserved for other programs (``--reserve-vram``, which ComfyUI's own loader
+    also keeps free)."""
     mm = comfy.model_management
     loaded = sum(lm.model_loaded_memory() for lm in mm.current_loaded_models
                  if getattr(lm, "device", None) == device)
-    return int(mm.get_free_memory(device) + loaded)
+    return max(0, int(mm.get_free_memory(device) + loaded - mm.extra_reserved_memory()))
 
 
 def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduction_keeps_all: bool,

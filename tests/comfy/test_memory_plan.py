@@ -94,3 +94,19 @@ def test_short_memory_choices_are_applied_and_reported(monkeypatch):
     # in the backward pass; with plenty of memory: both images' 16 crops at once
     assert plenty_calls[0] == 16 and set(short_calls) == {4}
     assert short["losses"] != plenty["losses"]   # one image instead of two: another objective
+
+
+def test_available_memory_keeps_the_users_reserve(monkeypatch):
+    """``--reserve-vram`` (ComfyUI's EXTRA_RESERVED_VRAM) is memory the user keeps for other programs:
+    the plan must not count it as available (ComfyUI's own loader does not either)."""
+    require_comfyui()
+    import comfy.model_management as mm
+
+    from doodl_nodes.bridge.memory_plan import available_memory
+
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: 10 * GIB)
+    monkeypatch.setattr(mm, "EXTRA_RESERVED_VRAM", 4 * GIB)
+    assert available_memory(torch.device("cpu")) == 6 * GIB
+    monkeypatch.setattr(mm, "EXTRA_RESERVED_VRAM", 12 * GIB)
+    assert available_memory(torch.device("cpu")) == 0
