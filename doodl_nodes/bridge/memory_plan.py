@@ -42,9 +42,11 @@ GIB = 1024 ** 3
 CROP_CHUNK = 4
 
 # Calibrated on an H200 (SD1.5 512², T=50, ViT-L/14 aesthetic head, 16 crops; benchmarks/RESULTS.md):
-#: one CFG model call's saved activations (fwd+bwd, bf16), bytes per latent element per parameter-GB
-#: (the gradient walker holds one call's activations at a time)
-CALL_BYTES = 4.7e4
+#: one CFG model call's saved activations (fwd+bwd, bf16): bytes per latent element, times the
+#: diffusion model's parameter count in billions to the power CALL_PARAM_POWER (fitted to SD1.5,
+#: 1.24 GiB at 64x64, and SDXL, 6.7 GiB at 128x128; the gradient walker holds one call at a time)
+CALL_BYTES = 4.24e4
+CALL_PARAM_POWER = 0.28
 #: reserved memory of the CUDA graphs' private pools, in units of one call's activations
 GRAPH_POOL_CALLS = 1.8
 #: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: 96 % of it)
@@ -52,8 +54,9 @@ DECODE_BYTES = 7.6e3
 DECODE_CKPT_FRACTION = 0.96
 #: scorer activations kept per back-propagated crop, bytes per scorer parameter
 SCORER_BYTES_PER_PARAM = 0.7
-#: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state
-SLACK = 1.1
+#: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state (the terms
+#: above already model reserved memory: the SD1.5 estimates were within 3 % of the measured peaks)
+SLACK = 1.0
 
 
 @dataclass
@@ -93,7 +96,7 @@ class MemoryPlan:
 
 def estimate(n: MemoryNeeds) -> int:
     """Estimated peak reserved bytes of one DOODL iteration (see the module docstring)."""
-    call = CALL_BYTES * n.latent_numel * n.cfg_batch * max(n.unet_params, 1) / 1e9
+    call = CALL_BYTES * n.latent_numel * n.cfg_batch * (max(n.unet_params, 1) / 1e9) ** CALL_PARAM_POWER
     graphs = (GRAPH_POOL_CALLS * call + (2 * n.unet_params if n.bf16_copies else 0)) if n.cuda_graphs else 0
     decode = DECODE_BYTES * n.image_pixels * n.images
     if n.decoder_checkpointing:
