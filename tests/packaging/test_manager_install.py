@@ -112,7 +112,8 @@ def test_pip_install_of_requirements(install):
     lines = [ln.strip()[:160] for ln in out.splitlines()
              if ln.startswith(("Requirement already satisfied: open_clip", "Collecting open_clip",
                                "Successfully installed"))]
-    print(f"commit {install['head'][:10]}; pip: " + " | ".join(lines))
+    fetched = [ln.split()[1] for ln in out.splitlines() if ln.startswith("Collecting ")]
+    print(f"commit {install['head'][:10]}; pip: " + " | ".join(lines) + f"; fetched from the index: {fetched}")
     # the venv's python sees the packages the pack needs
     r = venvs.run_python(install["python"], "-c", "import open_clip, torch; print(open_clip.__version__)")
     assert r.returncode == 0, r.stderr

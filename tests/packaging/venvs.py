@@ -20,6 +20,11 @@ def make_venv(path: Path, system_site_packages: bool = True) -> Path:
     venv.EnvBuilder(system_site_packages=system_site_packages, with_pip=True, clear=True).create(str(path))
     python = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     assert python.exists(), f"no python in the new venv {path}"
+    if system_site_packages:
+        # ensurepip puts its own (old) setuptools into the venv, which would hide the environment's
+        # and make pip fetch a newer one for torch's metadata; drop it so the venv sees the
+        # environment's packages only
+        pip(python, "uninstall", "-y", "-q", "setuptools")
     if system_site_packages and sys.prefix != sys.base_prefix:
         # the tests run in a venv themselves: "system site-packages" would be the base interpreter's,
         # so point the new venv at this environment's site-packages (after its own) with a .pth file
