@@ -59,7 +59,10 @@ def test_pages_match_the_node_classes():
     require_comfyui()
     from doodl_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    assert sorted(NODE_CLASS_MAPPINGS) == NODE_IDS  # every registered class is found by the ast scan
+    assert sorted(NODE_CLASS_MAPPINGS) == NODE_IDS, (
+        "the registered node ids differ from the NODE_CLASS_MAPPINGS = {...} literals in "
+        "doodl_nodes/nodes/*.py (write each module's mapping as a dict literal so pages can be checked "
+        "without ComfyUI)")
     report = {}
     for node_id, cls in sorted(NODE_CLASS_MAPPINGS.items()):
         page = hp.parse_page(hp.page_path(node_id))
