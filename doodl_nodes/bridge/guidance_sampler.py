@@ -27,7 +27,7 @@ from ..core.edict import edict_sample
 from ..core.guidance import official_estimate, one_step_guided_denoiser
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .chain import model_input_scale
-from .inplace_blocks import differentiable_flux_blocks
+from .inplace_blocks import differentiable_flux_blocks, explain_inplace_error
 from .safety import check_gradient_safe, differentiable_attention_override
 from .scorer_models import scorer_patchers
 from .vae import check_vae_matches, decode_differentiable
@@ -86,14 +86,20 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                                        checkpoint=decoder_checkpointing)
         return scorer.loss(images, crops, gen)
 
-    with torch.inference_mode(False):
-        s = sigmas.detach().clone().to(device)
-        if variant == "official":
-            c_in = functools.partial(model_input_scale, base.model_sampling)
-            guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
-                                              estimate=official_estimate(uncond_denoise, c_in))
-            return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
-        return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
+    try:
+        with torch.inference_mode(False):
+            s = sigmas.detach().clone().to(device)
+            if variant == "official":
+                c_in = functools.partial(model_input_scale, base.model_sampling)
+                guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
+                                                  estimate=official_estimate(uncond_denoise, c_in))
+                return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
+            return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
+    except RuntimeError as exc:
+        clear = explain_inplace_error(exc, base, "One-step guidance")
+        if clear is None:
+            raise
+        raise clear from exc
 
 
 def _with_differentiable_attention(extra_args: dict, diffusion_model=None) -> dict:

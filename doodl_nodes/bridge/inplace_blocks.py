@@ -23,7 +23,8 @@ import logging
 
 import torch
 
-__all__ = ["differentiable_flux_blocks", "add_differentiable_blocks", "flux_block_classes"]
+__all__ = ["differentiable_flux_blocks", "add_differentiable_blocks", "flux_block_classes",
+           "ModelNotDifferentiable", "explain_inplace_error"]
 
 log = logging.getLogger("doodl")
 
@@ -147,3 +148,26 @@ def add_differentiable_blocks(model_patcher) -> int:
         model_patcher.set_model_patch_replace(fn, "dit", kind, i)
         added += 1
     return added
+
+
+_INPLACE_MARK = "modified by an inplace operation"
+
+
+class ModelNotDifferentiable(RuntimeError):
+    """Autograd cannot differentiate this model's code as it is (an in-place op on a saved tensor)."""
+
+
+def explain_inplace_error(exc: BaseException, base_model, what: str = "DOODL"):
+    """A :class:`ModelNotDifferentiable` naming the model and the way out when ``exc`` is autograd's
+    in-place error, else None (the caller re-raises ``exc``)."""
+    if not isinstance(exc, RuntimeError) or _INPLACE_MARK not in str(exc):
+        return None
+    arch = f"{type(base_model).__name__} ({type(getattr(base_model, 'diffusion_model', None)).__name__})"
+    first = str(exc).splitlines()[0][:300]
+    return ModelNotDifferentiable(
+        f"{what} cannot backpropagate through this model, {arch}: a layer modifies in place a tensor "
+        f"that autograd saved for the backward pass ({first}). The pack replaces ComfyUI's own Flux "
+        "blocks for this reason; here the in-place code comes from another block (a model patch from "
+        "a custom node that replaces transformer blocks, or an architecture whose code does this). "
+        "Feed this node the model without such patches; EDICT sampling and inversion need no "
+        "gradients and work with it.")
