@@ -221,6 +221,23 @@ def tiny_unet_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return dict(_cached_unet_sd(spec(kind).base_kind, seed))
 
 
+def install_width_patch() -> None:
+    """The test-only loader patch of ``tiny_widths.py`` (found next to this file also when this
+    module was loaded by path, as ``benchmarks/`` does, where another ``tests`` package may win)."""
+    try:
+        from tests.comfy.tiny_widths import install
+    except ImportError:
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("doodl_tiny_widths", Path(__file__).with_name("tiny_widths.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["doodl_tiny_widths"] = mod
+        spec.loader.exec_module(mod)
+        install = mod.install
+    install()
+
+
 def load_tiny_model(kind: str, seed: int = 0):
     """A fresh ``comfy.model_patcher.ModelPatcher`` loaded by ``comfy.sd.load_diffusion_model_state_dict``.
 
@@ -232,9 +249,7 @@ def load_tiny_model(kind: str, seed: int = 0):
 
     s = spec(kind)
     if kind in NEEDS_WIDTH_PATCH:
-        from tests.comfy.tiny_widths import install
-
-        install()
+        install_width_patch()
     model = comfy.sd.load_diffusion_model_state_dict(tiny_unet_state_dict(kind, seed))
     if model is None:
         raise RuntimeError(f"ComfyUI did not detect the tiny {kind!r} model (detection rules changed?)")
