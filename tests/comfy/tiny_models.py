@@ -358,7 +358,7 @@ def tiny_latent(kind: str, batch: int = 1, height: int = 8, width: int = 8) -> d
 # ----------------------------------------------------------------------------------------------
 # Files for ComfyUI's loader nodes (UNETLoader, VAELoader, CheckpointLoaderSimple)
 
-MODEL_FOLDERS = ("diffusion_models", "vae", "checkpoints")
+MODEL_FOLDERS = ("diffusion_models", "vae", "checkpoints", "text_encoders")
 
 
 @dataclass
