@@ -25,6 +25,7 @@ from .edict_latent import EdictLatent
 from .memory_plan import (MemoryNeeds, MemoryPlan, available_memory, latent_pixels, module_params,
                           patcher_bytes, plan_memory)
 from .edict_ops import check_chain_steps, check_latent_fits, check_sigmas, sample_chain, seed_noise
+from .inplace_blocks import explain_inplace_error
 from .optimized_noise import OptimizedNoise
 from .progress import Progress, send_event
 from .render import image_strip, loss_plot
@@ -254,6 +255,11 @@ def _optimize(chain: ChainModel, plan: _Plan, objective: DecodeObjective, report
                                 input_scale=chain.input_scale)
     except torch.cuda.OutOfMemoryError as exc:
         oom = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    except RuntimeError as exc:
+        clear = explain_inplace_error(exc, chain.base_model)
+        if clear is None:
+            raise
+        raise clear from exc
     else:
         oom = None
     if oom is not None:  # outside the except block, so the exception's frames can be freed

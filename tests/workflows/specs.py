@@ -324,3 +324,6 @@ comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plai
 ])
 
 WORKFLOWS = [text_to_image, aesthetic_edit, personalization, fine_grained, inversion, comparison]
+
+from tests.workflows.specs_arch import ARCH_WORKFLOWS  # noqa: E402  (SDXL-Turbo / Flux / SDXL workflows)
+WORKFLOWS += ARCH_WORKFLOWS
