@@ -111,8 +111,14 @@ def _quiet_random_init_warning():
 
 
 def _open_clip_text(model, tokenizer, label: str) -> TextEncoder:
+    # the text tower's own device: ComfyUI may have moved the image tower (the part a scorer
+    # hands to its model management) to the GPU while the text tower stays where it was loaded
+    tower = getattr(model, "text", None)
+    if not isinstance(tower, torch.nn.Module):
+        tower = getattr(model, "token_embedding", model)
+
     def encode(prompt: str) -> torch.Tensor:
-        tokens = tokenizer([prompt]).to(module_device(model))
+        tokens = tokenizer([prompt]).to(module_device(tower))
         return model.encode_text(tokens)[0]
 
     dim = getattr(model, "text_projection", None)
@@ -131,7 +137,10 @@ def _load_open_clip_state_dict(model, state_dict: dict, where: str) -> None:
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
     from open_clip.model import resize_text_pos_embed
 
-    sd = strip_prefix(state_dict, "module.")
+    # float32 first (the model is built in float32; published fine-tunes such as HPSv2 are fp16,
+    # and open_clip's position-embedding resize has no half-precision kernel on the CPU)
+    sd = {k: (v.float() if v.is_floating_point() else v)
+          for k, v in strip_prefix(state_dict, "module.").items()}
     sd = convert_state_dict(model, sd)
     if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
         sd = convert_to_custom_text_state_dict(sd)
@@ -142,8 +151,13 @@ def _load_open_clip_state_dict(model, state_dict: dict, where: str) -> None:
     if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
         sd["logit_bias"] = torch.zeros_like(model.logit_bias)
     sd.pop("text.transformer.embeddings.position_ids", None)
-    resize_pos_embed(sd, model)
-    resize_text_pos_embed(sd, model)
+    try:
+        resize_pos_embed(sd, model)
+        resize_text_pos_embed(sd, model)
+    except (AssertionError, RuntimeError, ValueError) as exc:  # widths differ: another architecture
+        raise WeightsFileError(
+            f"{where} does not match the chosen open_clip architecture ({exc}). Pick the "
+            f"architecture the checkpoint was trained with.") from None
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
