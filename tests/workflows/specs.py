@@ -324,3 +324,4 @@ comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plai
 ])
 
 WORKFLOWS = [text_to_image, aesthetic_edit, personalization, fine_grained, inversion, comparison]
+WORKFLOWS += __import__("tests.workflows.specs_rewards", fromlist=["WORKFLOWS"]).WORKFLOWS  # doodl7 (rewards)

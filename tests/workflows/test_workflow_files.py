@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.workflows import specs
 from tests.workflows import workflow_tools as wt
 
 NAMES = wt.workflow_names()
-EXPECTED = 6
+EXPECTED = len(specs.WORKFLOWS)  # one committed workflow per spec
 
 
 def test_six_workflows_with_thumbnails_and_api_twins():
