@@ -13,7 +13,8 @@
   UI-format workflow (for the node features these workflows use: no subgraphs, no bypassed nodes,
   no frontend-only PrimitiveNode/Reroute), so a test can keep each pair in agreement.
 * ``apply_test_overrides(prompt)``: the ONLY changes the CPU tests make to an API twin (documented
-  in ``TEST_OVERRIDES``): fewer steps/iterations/crops and 64 px images, nothing else.
+  in ``TEST_OVERRIDES``): fewer steps/iterations/crops, 64 px images and a small open_clip
+  architecture for the HPS file, nothing else.
 """
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ TEST_OVERRIDES = {
     ("DOODLOneStepGuidance", "num_crops"): 1,
     ("EmptyLatentImage", "width"): 64,       # 512 px -> 64 px (an 8x8 latent)
     ("EmptyLatentImage", "height"): 64,
+    ("EmptySD3LatentImage", "width"): 64,    # Flux: 1024 px -> 64 px
+    ("EmptySD3LatentImage", "height"): 64,
     ("ImageScale", "width"): 64,
     ("ImageScale", "height"): 64,
+    # the tiny HPS file is a small open_clip architecture (the published files are ViT-H-14)
+    ("DOODLHPSScorer", "architecture"): "ViT-S-32-alt",
 }
 #: WS-DAN runs a full-size Inception-v3 at 512 px (about 3.8 s per iteration on one CPU thread).
 WSDAN_ITERATIONS = 1
@@ -277,7 +282,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if link is not None:
                 inputs[inp["name"]] = [str(link[1]), link[2]]
         prompt[str(n["id"])] = {"inputs": inputs, "class_type": n["type"],
-                                "_meta": {"title": n.get("title") or info["display_name"]}}
+                                "_meta": {"title": n.get("title") or info["display_name"] or n["type"]}}
     return prompt
 
 
