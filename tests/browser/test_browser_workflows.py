@@ -117,7 +117,10 @@ def test_node_help_reaches_the_frontend(browser):
 def test_template_browser_lists_the_workflows(browser, server, shots):
     listed = server.get_json("/workflow_templates").get(server.pack_name)
     assert sorted(listed or []) == NAMES
-    browser.set_window_size(1600, 1500)  # tall enough to show all six cards in the screenshot
+    # tall enough for every card: the frontend loads a thumbnail only once its card is on screen,
+    # and its template dialog does not scroll cards into view (11 cards need four rows)
+    rows = -(-len(NAMES) // 3)
+    browser.set_window_size(1600, 400 + 410 * rows)
     browser.run_async("await app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     pick = ("Array.from(document.querySelectorAll('.p-listbox-option'))"
             ".find((e) => e.textContent.trim() === arguments[0])")
