@@ -117,18 +117,21 @@ def test_node_help_reaches_the_frontend(browser):
 def test_template_browser_lists_the_workflows(browser, server, shots):
     listed = server.get_json("/workflow_templates").get(server.pack_name)
     assert sorted(listed or []) == NAMES
-    browser.set_window_size(1600, 1500)  # tall enough to show all six cards in the screenshot
+    browser.set_window_size(1600, 1500)
     browser.run_async("await app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     pick = ("Array.from(document.querySelectorAll('.p-listbox-option'))"
             ".find((e) => e.textContent.trim() === arguments[0])")
     browser.wait_for(f"return !!{pick}", server.pack_name, what="the pack's template category")
     browser.execute(f"{pick}.click()", server.pack_name)
+    # thumbnails load lazily: a card whose picture has not loaded is scrolled into view
     cards = browser.wait_for(
         "const cards = Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'));"
         "const ok = cards.map((c) => [c.dataset.testid.slice(18), !!c.querySelector('img') &&"
         " c.querySelector('img').complete && c.querySelector('img').naturalWidth > 0]);"
+        "cards.forEach((c, i) => { if (!ok[i][1]) c.scrollIntoView({block: 'center'}); });"
         "return ok.length && ok.every((x) => x[1]) ? ok : null", timeout=30, what="template cards with thumbnails")
     assert sorted(c[0] for c in cards) == NAMES
+    browser.execute("document.querySelector('[data-testid^=\"template-workflow-\"]').scrollIntoView({block: 'start'})")
     _save_png(browser.screenshot(), shots / "template_browser.png")
     browser.set_window_size(1600, 1000)
     # clicking a card loads that workflow
