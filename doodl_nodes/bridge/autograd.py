@@ -1,4 +1,4 @@
-"""The inference-tensor shim (comfyui-notes.md §1.4).
+"""The inference-tensor shim (docs/maintainers/comfyui-internals.md §1.2).
 
 ComfyUI runs every node under ``torch.inference_mode()``, so weights loaded by its loaders are
 inference tensors (or "hybrids" after a reload: ``is_inference()`` is False but reading

@@ -8,7 +8,7 @@ VAE/scorer models attached with ``set_additional_models``), turning CONDITIONING
 applying CFG (skipping uncond at cfg 1), model patches and wrappers. Inside, ``ChainModel.denoise``
 is ComfyUI's denoiser ``D(z, sigma)`` in model (``process_in``) space.
 
-Autograd inside ComfyUI (comfyui-notes §1): we leave ``inference_mode``, clone the conds, and,
+Autograd inside ComfyUI (docs/maintainers/comfyui-internals.md §1): we leave ``inference_mode``, clone the conds, and,
 when gradients are needed, make the loaded weights autograd-safe and frozen every run.
 
 Speed: on CUDA the model call is recorded and replayed as CUDA graphs where safe

@@ -1,7 +1,7 @@
 """ComfyUI ``CLIP_VISION`` and ``CLIP`` objects as inputs of the (ComfyUI-free) scorers.
 
 ``ClipVisionModel.encode_image`` is not differentiable (``clip_preprocess`` rounds to 8 bits) and
-moves its outputs to the CPU. comfyui-notes.md §4.1 suggests calling the model directly::
+moves its outputs to the CPU (docs/maintainers/comfyui-internals.md §4.1). Packs that need the embedding call the model directly::
 
     clip_vision.model(pixel_values=px, intermediate_output=-2)[2]     # image_embeds
 

@@ -12,7 +12,7 @@ Layout (under ``ComfyUI/models/``; every folder can also come from ``extra_model
     doodl/hps/          "doodl_hps"        HPSv2 / HPSv2.1 checkpoints (HPS_v2*_compressed.pt)
     doodl/imagereward/  "doodl_imagereward" ImageReward.pt + med_config.json + vocab.txt
 
-Registration merges, never overwrites (comfyui-notes §4.3): paths a user configured for any of
+Registration merges, never overwrites (docs/maintainers/comfyui-internals.md §4.3): paths a user configured for any of
 these keys stay first, the defaults are appended, and extension sets are unioned. Every base path
 of ``doodl`` (the default and the user's) contributes its ``clip``/``aesthetic``/``wsdan``/``hps``/
 ``imagereward`` sub-folders. PickScore is a transformers CLIP folder in ``doodl/clip``. ComfyUI's CLIP_VISION models stay in its own ``clip_vision`` folder.

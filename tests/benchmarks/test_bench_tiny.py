@@ -56,3 +56,24 @@ def test_a_section_that_raises_makes_the_run_exit_1(tmp_path, capsys):
     data = json.loads((tmp_path / "results_sd15_tiny.json").read_text())
     assert list(data["errors"]) == ["no-such-section"] and "info" in data["sections"]["env"]
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_graph_counters_are_read_from_the_line_the_pack_logs():
+    """On CUDA the benchmark reads each run's CUDA-graph counters from the pack's debug log line
+    (no hook into the pack); CPU runs have no graphs, so check the parsing and that the pack still
+    logs that line."""
+    import logging
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_doodl
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    log = logging.getLogger("doodl")
+    level = log.level
+    with bench_doodl.GraphStats() as stats:
+        log.debug("something else: %s", {"x": 1})
+        log.debug(bench_doodl.GraphStats.PREFIX + " of this run: %s", {"graph_calls": 3, "captures": 1})
+    assert stats.last == {"graph_calls": 3, "captures": 1} and log.level == level
+    chain_src = (REPO / "doodl_nodes" / "bridge" / "chain.py").read_text()
+    assert f'log.debug("{bench_doodl.GraphStats.PREFIX} of this run: %s"' in chain_src

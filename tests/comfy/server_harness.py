@@ -7,7 +7,7 @@ Usage (one server per test session; see ``session_server``)::
     res = srv.run_prompt(txt2img_core_prompt(files.unets["v"], files.vaes["v"]), timeout=60)
     assert res.ok, res.describe()
 
-How the pack gets loaded (comfyui-notes section 7): the harness makes ``<workdir>/custom_nodes/
+How the pack gets loaded (docs/maintainers/comfyui-internals.md §7): the harness makes ``<workdir>/custom_nodes/
 <PACK_NAME>`` a symlink to the repository root, lists that folder under the ``custom_nodes:`` key
 of a temporary ``--extra-model-paths-config`` YAML (how ComfyUI's own execution tests load
 ``testing_nodes``), and starts ``main.py --disable-all-custom-nodes --whitelist-custom-nodes

@@ -46,7 +46,7 @@ ACCELERATORS = {"GPU :: NVIDIA CUDA", "GPU :: AMD ROCm", "GPU :: Intel Arc", "NP
                 "GPU :: Apple Metal"}
 VERSION_PART = re.compile(r"^(?:(==|>=|<=|!=|~=|>|<|<>|=)\s*)?(\d+\.\d+\.\d+(?:-[a-zA-Z0-9]+)?)?$")
 ICON_TYPES = {".svg", ".png", ".jpg", ".jpeg", ".gif"}
-#: what ComfyUI installs itself: a custom node must never pin these (comfyui-notes §6)
+#: what ComfyUI installs itself: a custom node must never pin these (docs/maintainers/comfyui-internals.md §6)
 COMFY_PROVIDED = {"torch", "torchvision", "torchaudio", "numpy", "safetensors", "transformers", "pillow"}
 
 

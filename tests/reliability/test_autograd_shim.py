@@ -1,5 +1,5 @@
-"""The inference-tensor shim, on plain torch modules (no ComfyUI needed): what comfyui-notes §1
-measured inside ComfyUI, reproduced and fixed here."""
+"""The inference-tensor shim, on plain torch modules (no ComfyUI needed): the failures
+docs/maintainers/comfyui-internals.md §1.1 describes inside ComfyUI, reproduced and fixed here."""
 import pytest
 import torch
 

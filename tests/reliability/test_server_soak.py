@@ -171,6 +171,7 @@ def _rss_mb(srv) -> float:
 # ------------------------------------------------------------------------------------ 1. soak
 
 
+@pytest.mark.slow   # 24 DOODL prompts: 115 s in a full run on a loaded 2-core machine
 def test_soak_twenty_prompts_no_memory_growth_and_seeded_outputs(server):
     for seed in (900, 901, 902):  # warm-up: first-prompt allocations, torch/ComfyUI lazy state
         _run(server, _prompt(server, seed=seed))

@@ -52,7 +52,7 @@ def test_workflows_with_thumbnails_and_api_twins():
         assert (wt.API_DIR / f"{name}.json").is_file(), f"{name}: no API twin in tests/api_prompts/"
     assert sorted(p.stem for p in wt.API_DIR.glob("*.json")) == NAMES, "API twins without a workflow"
     assert sorted(p.stem for p in wt.WORKFLOWS_DIR.iterdir() if p.suffix not in (".json", ".jpg")) == []
-    # ComfyUI serves only one template folder per pack (comfyui-notes section 6)
+    # ComfyUI serves only one template folder per pack (docs/maintainers/comfyui-internals.md §6)
     present = [f for f in wt.TEMPLATE_FOLDERS if (wt.REPO / f).is_dir()]
     assert present == ["workflows"], present
 
