@@ -29,6 +29,7 @@ import comfy.samplers
 
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .cuda_graphs import GraphedGuider, cuda_graphs_enabled, graph_blockers, torch_compile_enabled
+from .inplace_blocks import add_differentiable_blocks
 from .safety import check_exactness_safe, check_gradient_safe, differentiable_attention_override
 
 __all__ = ["ChainModel", "model_input_scale", "run_in_guider", "PRECISIONS", "model_fingerprint", "cuda_graphs_enabled",
@@ -210,6 +211,8 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     (check_gradient_safe if grad else check_exactness_safe)(model, what)
     mp = model.clone()
+    if grad:  # Flux: its blocks' in-place residual adds break autograd (inplace_blocks.py)
+        add_differentiable_blocks(mp)
     if grad and precision == "fp32" and mp.model_dtype() != torch.float32:
         mp.set_model_compute_dtype(torch.float32)
     override = differentiable_attention_override() if grad else None

@@ -75,6 +75,17 @@ def _has_functions(tree) -> bool:
     return False
 
 
+def _only_ours(tree) -> bool:
+    """True if every function in a nested dict of patches is one of the pack's own replacements."""
+    if callable(tree):
+        return bool(getattr(tree, "doodl_differentiable", False))
+    if isinstance(tree, dict):
+        return all(_only_ours(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return all(_only_ours(v) for v in tree)
+    return True
+
+
 def graph_blockers(model_wrap, extra_args: dict, device: torch.device) -> list[str]:
     """Why the model call cannot be recorded as a CUDA graph (empty: it can)."""
     if device.type != "cuda":
@@ -101,6 +112,8 @@ def graph_blockers(model_wrap, extra_args: dict, device: torch.device) -> list[s
                     why.append(f"model {key}")
             elif key == "optimized_attention_override" and getattr(value, "doodl_differentiable", False):
                 continue   # ours: a plain function choice, safe to record
+            elif key == "patches_replace" and _only_ours(value):
+                continue   # ours: Flux blocks without in-place adds (inplace_blocks.py), plain torch ops
             elif key != "sample_sigmas" and value:
                 why.append(f"transformer option {key!r}")
     mp = getattr(model_wrap, "model_patcher", None)

@@ -27,6 +27,7 @@ from ..core.edict import edict_sample
 from ..core.guidance import official_estimate, one_step_guided_denoiser
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .chain import model_input_scale
+from .inplace_blocks import differentiable_flux_blocks, explain_inplace_error
 from .safety import check_gradient_safe, differentiable_attention_override
 from .scorer_models import scorer_patchers
 from .vae import check_vae_matches, decode_differentiable
@@ -47,8 +48,9 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                              leapfrog=True):
     if variant not in BASELINE_VARIANTS:
         raise ValueError(f"variant must be one of {BASELINE_VARIANTS}, got {variant!r}")
-    extra_args = _with_differentiable_attention({} if extra_args is None else extra_args)
     base = _base_model(model)
+    extra_args = _with_differentiable_attention({} if extra_args is None else extra_args,
+                                                base.diffusion_model)
     guider = model.inner_model
     check_gradient_safe(guider.model_patcher, "One-step guidance")
     check_vae_matches(vae, base.latent_format)
@@ -84,25 +86,42 @@ def sample_one_step_guidance(model, x, sigmas, extra_args=None, callback=None, d
                                        checkpoint=decoder_checkpointing)
         return scorer.loss(images, crops, gen)
 
-    with torch.inference_mode(False):
-        s = sigmas.detach().clone().to(device)
-        if variant == "official":
-            c_in = functools.partial(model_input_scale, base.model_sampling)
-            guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
-                                              estimate=official_estimate(uncond_denoise, c_in))
-            return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
-        return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
+    try:
+        with torch.inference_mode(False):
+            s = sigmas.detach().clone().to(device)
+            if variant == "official":
+                c_in = functools.partial(model_input_scale, base.model_sampling)
+                guided = one_step_guided_denoiser(denoise, loss_fn, float(scale),
+                                                  estimate=official_estimate(uncond_denoise, c_in))
+                return _edict_guided(guided, x, s, p, leapfrog, c_in, callback)
+            return _euler_guided(one_step_guided_denoiser(denoise, loss_fn, float(scale)), x, s, callback)
+    except RuntimeError as exc:
+        clear = explain_inplace_error(exc, base, "One-step guidance")
+        if clear is None:
+            raise
+        raise clear from exc
 
 
-def _with_differentiable_attention(extra_args: dict) -> dict:
+def _with_differentiable_attention(extra_args: dict, diffusion_model=None) -> dict:
     """``extra_args`` whose model options route memory-chunked attention to a differentiable one
-    (``safety.differentiable_attention_override``) for the guided calls."""
+    (``safety.differentiable_attention_override``) and replace Flux's in-place blocks with
+    differentiable ones (``inplace_blocks.py``; blocks another patch replaces are left alone) for
+    the guided calls."""
     override = differentiable_attention_override()
-    if override is None:
+    blocks = {} if diffusion_model is None else differentiable_flux_blocks(diffusion_model)
+    if override is None and not blocks:
         return extra_args
     options = dict(extra_args.get("model_options") or {})
     transformer = dict(options.get("transformer_options") or {})
-    transformer.setdefault("optimized_attention_override", override)
+    if override is not None:
+        transformer.setdefault("optimized_attention_override", override)
+    if blocks:
+        replace = dict(transformer.get("patches_replace") or {})
+        dit = dict(replace.get("dit") or {})
+        for key, fn in blocks.items():
+            dit.setdefault(key, fn)
+        replace["dit"] = dit
+        transformer["patches_replace"] = replace
     options["transformer_options"] = transformer
     return {**extra_args, "model_options": options}
 

@@ -176,6 +176,8 @@ class ComfyServer:
         self.yaml_path = self.workdir / "extra_model_paths.yaml"
         self.threads = threads
         self.start_s: float | None = None
+        #: test-only custom-node packs to add: folder name -> source of its __init__.py
+        self.extra_node_packs: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
@@ -194,11 +196,14 @@ class ComfyServer:
         else:
             link.symlink_to(self.pack_root, target_is_directory=True)
         whitelist = [self.pack_name]
+        packs = dict(self.extra_node_packs)
         if self.harness_nodes:
-            hn = self.custom_nodes_dir / HARNESS_NODES_NAME
+            packs[HARNESS_NODES_NAME] = _HARNESS_NODES_SRC
+        for name, source in packs.items():  # test-only helper packs, each one __init__.py
+            hn = self.custom_nodes_dir / name
             hn.mkdir(exist_ok=True)
-            (hn / "__init__.py").write_text(_HARNESS_NODES_SRC, encoding="utf-8")
-            whitelist.append(HARNESS_NODES_NAME)
+            (hn / "__init__.py").write_text(source, encoding="utf-8")
+            whitelist.append(name)
         # Also creates models/{diffusion_models,vae,checkpoints} entries (folders made on demand).
         for folder in ("diffusion_models", "vae", "checkpoints"):
             (self.models_root / folder).mkdir(parents=True, exist_ok=True)

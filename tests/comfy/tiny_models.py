@@ -69,7 +69,10 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("eps", "v", "flow", "v_patched")
+KINDS = ("eps", "v", "flow", "v_patched", "sdxl", "flux", "flux_schnell")
+#: the architecture matrix of tests/comfy/test_architectures.py: kind -> what it stands for
+ARCHITECTURES = {"eps": "SD1.5", "v": "SD2 (v)", "sdxl": "SDXL", "flow": "SD3", "flux": "Flux dev",
+                 "flux_schnell": "Flux schnell"}
 VAE_ARCHS = ("kl_small", "kl_full", "taesd")
 
 
@@ -98,7 +101,17 @@ SPECS = {
                      notes="SD3 MMDiT depth 2 (hidden 128), shift 3.0"),
     "v_patched": TinySpec("v_patched", "SD15", "EPS", "V_PREDICTION", "ModelSamplingDiscrete", 4, 768, 768, "eps",
                           patch="comfy_extras.nodes_model_advanced.ModelSamplingDiscrete(v_prediction)"),
+    "sdxl": TinySpec("sdxl", "KOALA_700M", "EPS", "EPS", "ModelSamplingDiscrete", 4, 2048, 1280, "sdxl",
+                     notes="model_base.SDXL (ADM: pooled CLIP-G + size embeddings, 2816 wide) with the "
+                           "layout of ComfyUI's KOALA_700M entry (a distilled SDXL)"),
+    "flux": TinySpec("flux", "Flux", "FLUX", "CONST", "ModelSamplingFlux", 16, 4096, 768, "flux",
+                     notes="Flux dev (guidance embedding), hidden 64; needs tests/comfy/tiny_widths.py"),
+    "flux_schnell": TinySpec("flux_schnell", "FluxSchnell", "FLOW", "CONST", "ModelSamplingDiscreteFlow", 16, 4096,
+                             768, "flux_schnell",
+                             notes="Flux schnell (no guidance embedding); needs tests/comfy/tiny_widths.py"),
 }
+#: kinds whose loading needs the test-only width patch of tests/comfy/tiny_widths.py
+NEEDS_WIDTH_PATCH = ("flux", "flux_schnell")
 
 
 def spec(kind: str) -> TinySpec:
@@ -124,6 +137,20 @@ _UNET_CONFIGS = {
               num_head_channels=64, attn_precision=torch.float32),
 }
 
+# SDXL: model_channels 320, context 2048, ADM 2816 and use_linear are what every SDXL entry of
+# supported_models requires; KOALA_700M's transformer_depth [0, 2, 5] (one res block per level) is
+# the smallest of them. channel_mult is read from the keys, so all three levels stay 320 wide.
+_UNET_CONFIGS["sdxl"] = dict(_UNET_COMMON, num_res_blocks=[1, 1, 1], channel_mult=[1, 1, 1],
+                             transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 0, 0, 0, 0],
+                             context_dim=2048, use_linear_in_transformer=True, num_head_channels=64,
+                             adm_in_channels=2816, num_classes="sequential")
+
+# Flux: one double and one single block, hidden 64 (2 heads of 32; rope axes 4/14/14 keep the real
+# 16:56:56 split); T5's real 4096-wide context and CLIP-L's 768-wide pooled vector.
+_FLUX_CONFIG = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                    hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1,
+                    axes_dim=[4, 14, 14], theta=10000, patch_size=2, qkv_bias=True)
+
 _SD2_V_KEY = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 
 _MMDIT_CONFIG = dict(patch_size=2, in_channels=16, out_channels=16, depth=2, input_size=None,
@@ -138,7 +165,11 @@ def _template_unet(kind: str) -> dict[str, torch.Tensor]:
     import comfy.ops
 
     ops = comfy.ops.disable_weight_init
-    if kind == "flow":
+    if kind in ("flux", "flux_schnell"):
+        from comfy.ldm.flux.model import Flux
+
+        net = Flux(**_FLUX_CONFIG, guidance_embed=kind == "flux", dtype=torch.float32, device="meta", operations=ops)
+    elif kind == "flow":
         from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
 
         net = OpenAISignatureMMDITWrapper(**_MMDIT_CONFIG, dtype=torch.float32, device="meta", operations=ops)
@@ -190,6 +221,23 @@ def tiny_unet_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return dict(_cached_unet_sd(spec(kind).base_kind, seed))
 
 
+def install_width_patch() -> None:
+    """The test-only loader patch of ``tiny_widths.py`` (found next to this file also when this
+    module was loaded by path, as ``benchmarks/`` does, where another ``tests`` package may win)."""
+    try:
+        from tests.comfy.tiny_widths import install
+    except ImportError:
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("doodl_tiny_widths", Path(__file__).with_name("tiny_widths.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["doodl_tiny_widths"] = mod
+        spec.loader.exec_module(mod)
+        install = mod.install
+    install()
+
+
 def load_tiny_model(kind: str, seed: int = 0):
     """A fresh ``comfy.model_patcher.ModelPatcher`` loaded by ``comfy.sd.load_diffusion_model_state_dict``.
 
@@ -200,6 +248,8 @@ def load_tiny_model(kind: str, seed: int = 0):
     import comfy.sd
 
     s = spec(kind)
+    if kind in NEEDS_WIDTH_PATCH:
+        install_width_patch()
     model = comfy.sd.load_diffusion_model_state_dict(tiny_unet_state_dict(kind, seed))
     if model is None:
         raise RuntimeError(f"ComfyUI did not detect the tiny {kind!r} model (detection rules changed?)")
@@ -308,7 +358,7 @@ def tiny_latent(kind: str, batch: int = 1, height: int = 8, width: int = 8) -> d
 # ----------------------------------------------------------------------------------------------
 # Files for ComfyUI's loader nodes (UNETLoader, VAELoader, CheckpointLoaderSimple)
 
-MODEL_FOLDERS = ("diffusion_models", "vae", "checkpoints")
+MODEL_FOLDERS = ("diffusion_models", "vae", "checkpoints", "text_encoders")
 
 
 @dataclass

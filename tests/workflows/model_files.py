@@ -207,6 +207,9 @@ def write_workflow_models(models_root: Path, input_dir: Path, comfyui_root: Path
     """Everything the example workflows load, under ``models_root`` (+ the input image)."""
     models_root = Path(models_root)
     ckpt = write_checkpoint(models_root / "checkpoints" / specs.CHECKPOINT)
+    from tests.workflows.model_files_arch import write_arch_models  # SDXL / Flux workflows (issue 14)
+
+    write_arch_models(models_root)
     clip_root = models_root / "doodl" / "clip"
     for i, name in enumerate(OPEN_CLIP_FOLDERS):
         write_open_clip_folder(clip_root / name.rstrip("/"), seed=20 + i)

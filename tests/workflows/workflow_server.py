@@ -1,12 +1,14 @@
 """One headless CPU ComfyUI server for the workflow and browser tests, with the workflows' models.
 
-It is ``tests/comfy/server_harness.ComfyServer`` plus two things the example workflows need:
+It is ``tests/comfy/server_harness.ComfyServer`` plus three things the example workflows need:
 
 * the ``--extra-model-paths-config`` YAML also maps the pack's ``doodl`` base folder into the
   temporary models root, so ``models/doodl/{clip,aesthetic,wsdan}`` resolve there (the YAML is read
   before custom nodes import, and the pack merges its folders with it);
 * the tiny model files and the input image are written (``model_files.write_workflow_models``)
-  under the exact names the workflows use, before the server starts.
+  under the exact names the workflows use, before the server starts;
+* the test-only loader patch of ``tests/comfy/tiny_widths.py`` is installed in the server process
+  (as a whitelisted helper custom node), so the tiny Flux DiTs, T5 and SDXL CLIP-G files load.
 
 It serves the real web frontend when the ``comfyui_frontend_package`` wheel is installed (the
 browser tests need it) and runs with one torch thread (see the harness docstring). Call
@@ -30,6 +32,10 @@ class WorkflowServer(ComfyServer):
     models_s: float = 0.0
 
     def _prepare(self) -> list[str]:
+        from tests.comfy.tiny_widths import SERVER_NODE_NAME, server_node_source
+
+        # the SDXL/Flux workflows' tiny files need the test-only width patch in the server process
+        self.extra_node_packs[SERVER_NODE_NAME] = server_node_source()
         cmd = super()._prepare()
         conf = yaml.safe_load(self.yaml_path.read_text(encoding="utf-8"))
         for entry in conf.values():

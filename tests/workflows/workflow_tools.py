@@ -42,6 +42,8 @@ TEST_OVERRIDES = {
     ("DOODLOneStepGuidance", "num_crops"): 1,
     ("EmptyLatentImage", "width"): 64,       # 512 px -> 64 px (an 8x8 latent)
     ("EmptyLatentImage", "height"): 64,
+    ("EmptySD3LatentImage", "width"): 64,    # Flux: 1024 px -> 64 px
+    ("EmptySD3LatentImage", "height"): 64,
     ("ImageScale", "width"): 64,
     ("ImageScale", "height"): 64,
     # the tiny HPS file is a small open_clip architecture (the published files are ViT-H-14)
@@ -280,7 +282,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if link is not None:
                 inputs[inp["name"]] = [str(link[1]), link[2]]
         prompt[str(n["id"])] = {"inputs": inputs, "class_type": n["type"],
-                                "_meta": {"title": n.get("title") or info["display_name"]}}
+                                "_meta": {"title": n.get("title") or info["display_name"] or n["type"]}}
     return prompt
 
 
