@@ -378,10 +378,22 @@ def test_foreign_inplace_block_patch_is_refused_with_a_clear_message(comfy):
     autograd failure becomes an error naming the model and the way out."""
     from doodl_nodes.bridge.inplace_blocks import ModelNotDifferentiable
 
+    from doodl_nodes.bridge.chain import run_in_guider
+    from doodl_nodes.bridge.cuda_graphs import graph_blockers
+
     model = _setup("flux_schnell")[0].clone()
     model.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "single_block", 0)
     with pytest.raises(ModelNotDifferentiable, match=r"Flux \(Flux\).*in place.*without such patches"):
         _doodl("flux_schnell", model=model, iterations=1)
+    # a foreign block replacement also keeps CUDA graphs off (the pack's own do not, see above)
+    _, _, pos, neg, sigmas = _setup("flux_schnell")
+
+    def fn(chain):
+        return graph_blockers(chain.model_wrap, chain.extra_args, torch.device("cuda"))
+
+    with torch.inference_mode():
+        why = run_in_guider(model, pos, neg, 1.0, sigmas, (1, 16, 8, 8), fn, grad=True, precision="fp32")
+    assert "transformer option 'patches_replace'" in why, why
 
 
 def test_noise_and_vae_across_latent_spaces_are_refused(comfy):
