@@ -26,7 +26,10 @@ Usage (device)::
     python benchmarks/bench_doodl.py --out $OUT --comfyui .carry/ComfyUI --model sd15
     python benchmarks/bench_doodl.py --out $OUT --comfyui .carry/ComfyUI --model sdxl
 
-``--tiny`` runs every code path on the CPU with tiny models (development only; numbers meaningless).
+``--tiny`` runs every code path on the CPU with tiny models (development only; numbers meaningless);
+the test suite runs it that way (``tests/benchmarks/test_bench_tiny.py``). Any section or
+configuration that raises is recorded under "errors" in the results and makes the run exit 1
+(after the other sections have run).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import logging
 import os
 import platform
 import statistics
@@ -271,6 +275,39 @@ def sigmas_for(model, steps: int, scheduler: str = "normal"):
 # ----------------------------------------------------------------------------------------------
 # DOODL runs
 
+class GraphStats(logging.Handler):
+    """The CUDA-graph counters of the runs inside the context, read from the debug line the pack
+    logs when a run's graphs close ("DOODL: CUDA graph counters of this run: {...}"); ``last`` is
+    the last run's dict, empty when no run used graphs (CPU, graphs off or blocked)."""
+
+    PREFIX = "DOODL: CUDA graph counters"
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.last: dict = {}
+
+    def emit(self, record):
+        if record.msg.startswith(self.PREFIX) and record.args:
+            self.last = dict(record.args[0] if isinstance(record.args, tuple) else record.args)
+
+    def __enter__(self):
+        self.logger = logging.getLogger("doodl")
+        self.old_level = self.logger.level
+        self.logger.addHandler(self)
+        if self.logger.getEffectiveLevel() > logging.DEBUG:
+            self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.old_level)
+
+
+def chain_graph_stats(chain) -> dict | None:
+    """The live graph counters of a chain inside ``run_in_guider`` (None: no graphs this run)."""
+    return dict(chain.graphs.stats) if chain.graphs is not None else None
+
+
 @contextlib.contextmanager
 def iteration_clock(record: dict):
     """Timestamps of the per-iteration callback of run_doodl (the loss is synced before it runs).
@@ -301,8 +338,7 @@ def iteration_clock(record: dict):
 
 def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="checkpoint", score_images="both",
                     decoder_ckpt=False, graphs=True, precision="bf16", model_patcher=None, crops=None,
-                    label="", scorer=None, shadow_cl=True, compile=False):
-    from doodl_nodes.bridge.chain import LAST_RUN_GRAPH_STATS
+                    label="", scorer=None, compile=False):
     from doodl_nodes.bridge.doodl_run import DoodlRequest, run_doodl
     from doodl_nodes.core.crops import CropConfig
     from doodl_nodes.core.optimize import DoodlConfig
@@ -312,26 +348,25 @@ def run_doodl_timed(ctx, model, *, steps: int, iterations: int, grad_mode="check
     cfgd = DoodlConfig(iterations=iterations, grad_mode=grad_mode, seed=0, evaluate_final=False)
     req = DoodlRequest(config=cfgd, crops=crops or CropConfig(), score_images=score_images, precision=precision,
                        decoder_checkpointing=decoder_ckpt, strip_frames=2)
-    from doodl_nodes.bridge import cuda_graphs as chain_mod
-
     unload_all()
     rec: dict = {}
     reset_peak()
     t0 = time.perf_counter()
-    chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = shadow_cl
-    with graphs_env(graphs), compile_env(compile), iteration_clock(rec), torch.inference_mode():
+    with graphs_env(graphs), compile_env(compile), iteration_clock(rec), GraphStats() as stats, \
+            torch.inference_mode():
         run_doodl(m, ctx["vae"], ctx["pos"], ctx["neg"], ctx["cfg"], sig, scorer or ctx["scorer"], req,
                   latent={"samples": torch.zeros(ctx["latent_shape"])}, seed=0)
     total = time.perf_counter() - t0
-    chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = True
     ts = rec["t"]
     per_iter = [b - a for a, b in zip(ts, ts[1:])]
     out = {"label": label, "steps": steps, "iterations": iterations, "grad_mode": grad_mode,
            "score_images": score_images, "decoder_checkpointing": decoder_ckpt, "graphs": graphs,
-           "precision": precision, "shadow_channels_last": shadow_cl, "torch_compile": compile, "scorer": (scorer or ctx["scorer"]).name, "first_iteration_s": (ts[0] - t0) if ts else None,
+           # the pack always lays the gradient graphs' bf16 weight copies out channels-last now
+           "precision": precision, "shadow_channels_last": True, "torch_compile": compile,
+           "scorer": (scorer or ctx["scorer"]).name, "first_iteration_s": (ts[0] - t0) if ts else None,
            "iteration_s": per_iter, "median_iteration_s": median(per_iter), "total_s": total,
            "steady": peak(), "incl_first_iteration": rec.get("first_peak"),
-           "graph_stats": dict(LAST_RUN_GRAPH_STATS)}
+           "graph_stats": stats.last}
     log(f"DOODL {label} T={steps} {grad_mode} graphs={graphs}: {out['median_iteration_s']:.3f} s/it, "
         f"steady peak {out['steady'].get('peak_alloc_gib', float('nan')):.2f} GiB alloc "
         f"({out['steady'].get('peak_reserved_gib', float('nan')):.2f} reserved); graphs {out['graph_stats']}")
@@ -356,8 +391,9 @@ def run_configs(res: Results, ctx, section: str, cfgs, iterations: int, over_bud
         it = c.pop("iterations", iterations)
         try:
             r = run_doodl_timed(ctx, mdl, iterations=it, **c)
-        except Exception as exc:  # record and go on
+        except Exception as exc:  # record, go on with the next configuration; the run exits 1
             r = {"label": c["label"], "error": "".join(traceback.format_exception(exc))[-3000:]}
+            res.error(f"{section}:{i:02d} {name}", exc)
             log(f"{section} config failed: {r['error'][-800:]}")
             unload_all()
         res.put(section, f"{i:02d} {name}", r)
@@ -445,12 +481,10 @@ def _profile_gpu_time(fn) -> dict:
 
 def section_micro(res: Results, ctx, models: dict, reps: int):
     """Per CFG-call cost, eager vs CUDA graph, no grad and fwd+bwd, for several model dtypes."""
-    from doodl_nodes.bridge import cuda_graphs as chain_mod
     from doodl_nodes.bridge.chain import run_in_guider
 
     for name, model in models.items():
         out = {}
-        chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = name.endswith("shadow_cl")
 
         def fn(chain):
             g = torch.Generator().manual_seed(0)
@@ -461,7 +495,7 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
 
             def eager_nograd():
                 with torch.no_grad():
-                    chain._eager(z, s_in, False)
+                    chain.call_model(z, s_in, False)
 
             def graph_nograd():
                 with torch.no_grad():
@@ -469,7 +503,7 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
 
             def eager_grad():
                 with torch.enable_grad():
-                    o = chain._eager(zg, s_in, True)
+                    o = chain.call_model(zg, s_in, True)
                     torch.autograd.grad(o, zg, torch.ones_like(o))
 
             def graph_grad():
@@ -478,11 +512,11 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
                     torch.autograd.grad(o, zg, torch.ones_like(o))
 
             with torch.no_grad():
-                a = chain._eager(z, s_in, False)
+                a = chain.call_model(z, s_in, False)
                 b = chain.denoise(z, s)
                 out["graph_vs_eager_nograd_maxabs"] = float((a - b).abs().max())
             with torch.enable_grad():
-                o1 = chain._eager(zg, s_in, True)
+                o1 = chain.call_model(zg, s_in, True)
                 g1, = torch.autograd.grad(o1, zg, torch.ones_like(o1))
                 o2 = chain.denoise(zg, s)
                 g2, = torch.autograd.grad(o2, zg, torch.ones_like(o2))
@@ -494,18 +528,17 @@ def section_micro(res: Results, ctx, models: dict, reps: int):
             if chain.device.type == "cuda":
                 out["profile_eager_nograd"] = _profile_gpu_time(eager_nograd)
                 out["profile_eager_grad"] = _profile_gpu_time(eager_grad)
-            out["graph_stats"] = chain.graph_stats
+            out["graph_stats"] = chain_graph_stats(chain)
             if chain.device.type == "cuda":
                 out["mem_alloc_after_gib"] = torch.cuda.memory_allocated() / GiB
                 out["mem_reserved_after_gib"] = torch.cuda.memory_reserved() / GiB
             out["model_dtype"] = str(chain.base_model.get_dtype())
-            out["autocast_bf16_on_grad"] = chain._autocast
+            out["autocast_bf16_on_grad"] = chain.bf16_autocast
 
         unload_all()
         with graphs_env(True), torch.inference_mode():
             run_in_guider(model, ctx["pos"], ctx["neg"], ctx["cfg"], ctx["sigmas10"], ctx["latent_shape"], fn,
                           grad=True, precision="bf16")
-        chain_mod.GraphedGuider.SHADOW_CHANNELS_LAST = True
         res.put("micro", name, out)
         log(f"micro {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in out.items() if isinstance(v, float)))
 
@@ -514,7 +547,6 @@ def section_sampling(res: Results, ctx, model, steps_list, reps: int, tag="sd15"
     import comfy.sample
     import comfy.samplers
 
-    from doodl_nodes.bridge.chain import LAST_RUN_GRAPH_STATS
     from doodl_nodes.bridge.edict_ops import generate_latent
 
     latent = torch.zeros(ctx["latent_shape"])
@@ -532,12 +564,14 @@ def section_sampling(res: Results, ctx, model, steps_list, reps: int, tag="sd15"
                                                latent, disable_pbar=True, seed=0)
             row[f"{name}_s"] = _call_timer(run, reps)
         for graphs in (True, False):
+            stats = GraphStats()
+
             def run_edict():
-                with graphs_env(graphs), torch.inference_mode():
+                with graphs_env(graphs), stats, torch.inference_mode():
                     generate_latent(model, ctx["pos"], ctx["neg"], ctx["cfg"], sig,
                                     latent={"samples": latent}, seed=0)
             row[f"edict_{'graphs' if graphs else 'eager'}_s"] = _call_timer(run_edict, reps)
-            row[f"edict_{'graphs' if graphs else 'eager'}_stats"] = dict(LAST_RUN_GRAPH_STATS)
+            row[f"edict_{'graphs' if graphs else 'eager'}_stats"] = stats.last
         row["edict_graphs_over_euler"] = row["edict_graphs_s"] / row["euler_s"]
         row["edict_eager_over_euler"] = row["edict_eager_s"] / row["euler_s"]
         res.put("sampling", f"{tag}_T{steps}", row)
@@ -641,47 +675,35 @@ def section_flops(res: Results, ctx, model):
     log("flops " + ", ".join(f"{k}={v / 1e12:.2f}T" if v > 1e6 else f"{k}={v:.3f}" for k, v in out.items()))
 
 
-@contextlib.contextmanager
-def official_style(unet_module):
-    """Our code configured like the released DOODL: fp16 differentiable pass (no bf16 autocast),
-    weights not frozen (dW computed and accumulated into .grad at every step, as memcnn did)."""
-    from doodl_nodes.bridge import cuda_graphs as chain_mod
-    from doodl_nodes.core import backprop
+class _CallWithWeightGrads(torch.autograd.Function):
+    """One model call whose backward also computes the weight gradients and accumulates them into
+    ``.grad`` (what memcnn did for the released code, whose UNet weights were not frozen). The
+    pack's gradient walker asks autograd for the latent's gradient only, which prunes dW; this
+    function's backward asks for both."""
 
-    orig_denoise = chain_mod.ChainModel.denoise
-    orig_vjp = backprop._step_vjp
-
-    def denoise_fp16(self, z, sigma):
-        self._autocast = False
-        return orig_denoise(self, z, sigma)
-
-    def vjp_with_dw(denoise, x, y, s, s_next, p, x_first, gx, gy):
-        params = list(unet_module.parameters())
-        for q in params:
-            q.requires_grad_(True)
+    @staticmethod
+    def forward(ctx, x, run, params):
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            y = y.detach().requires_grad_(True)
-            x_n, y_n = backprop.edict_step(denoise, x, y, s, s_next, p, x_first)
-            torch.autograd.backward((x_n, y_n), (gx, gy), inputs=[x, y] + params)
-        ax = torch.zeros_like(x) if x.grad is None else x.grad
-        ay = torch.zeros_like(y) if y.grad is None else y.grad
-        return ax.detach(), ay.detach()
+            for q in params:
+                q.requires_grad_(True)
+            xd = x.detach().requires_grad_(True)
+            out = run(xd)
+        ctx.graph = (xd, out, params)
+        return out.detach()
 
-    chain_mod.ChainModel.denoise = denoise_fp16
-    backprop._step_vjp = vjp_with_dw
-    try:
-        yield
-    finally:
-        chain_mod.ChainModel.denoise = orig_denoise
-        backprop._step_vjp = orig_vjp
-        for q in unet_module.parameters():
-            q.requires_grad_(False)
-            q.grad = None
+    @staticmethod
+    def backward(ctx, g):
+        xd, out, params = ctx.graph
+        del ctx.graph
+        grads = torch.autograd.grad(out, [xd] + params, g, allow_unused=True)
+        for q, gq in zip(params, grads[1:]):
+            if gq is not None:
+                q.grad = gq if q.grad is None else q.grad + gq
+        return grads[0], None, None
 
 
-def split_cfg_wrapper(apply_model, args):
-    """model_function_wrapper: one UNet call per batch entry (separate cond and uncond calls)."""
+def split_cfg(apply_model, args):
+    """One UNet call per batch entry (separate cond and uncond calls, as the released code)."""
     x, t, c = args["input"], args["timestep"], args["c"]
     n = x.shape[0]
     outs = []
@@ -691,14 +713,40 @@ def split_cfg_wrapper(apply_model, args):
     return torch.cat(outs)
 
 
+def official_style_wrapper(apply_model, args):
+    """ComfyUI ``model_function_wrapper`` (public ComfyUI API; nothing of the pack is patched) that
+    runs our code the way the released DOODL ran: cond and uncond as separate UNet calls, the
+    differentiable pass in the model's own dtype (fp16: bf16 autocast off inside the call), and on
+    calls with grad the UNet weight gradients computed and accumulated every step."""
+    x = args["input"]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return split_cfg(apply_model, args)
+        base = apply_model.__self__   # ComfyUI's BaseModel (the wrapper gets its bound apply_model)
+        params = [q for q in base.diffusion_model.parameters() if q.is_floating_point()]
+        return _CallWithWeightGrads.apply(x, lambda xd: split_cfg(apply_model, {**args, "input": xd}), params)
+
+
+def _release_weight_grads(model) -> int:
+    """Freeze the UNet again and drop its ``.grad``s; returns how many weights had one."""
+    n = 0
+    for q in model.model.diffusion_model.parameters():
+        n += q.grad is not None
+        q.requires_grad_(False)
+        q.grad = None
+    return n
+
+
 def section_official(res: Results, ctx, model, steps_list, iterations):
     m = model.clone()
-    m.set_model_unet_function_wrapper(split_cfg_wrapper)
+    m.set_model_unet_function_wrapper(official_style_wrapper)
     for steps in steps_list:
-        unet = model.model.diffusion_model
-        with official_style(unet):
+        try:
             out = run_doodl_timed(ctx, model, model_patcher=m, steps=steps, iterations=iterations,
                                   score_images="both", graphs=False, label="official-style")
+        finally:
+            with_grad = _release_weight_grads(model)
+        out["unet_weights_with_grad"] = with_grad   # > 0: dW really was computed
         out["note"] = ("fp16 differentiable pass, cond/uncond as separate UNet calls, UNet weights "
                        "requiring grad with dW accumulated every step, both EDICT images decoded")
         res.put("official", f"T{steps}", out)
@@ -755,7 +803,9 @@ def section_plain(res: Results, ctx, model, steps_list):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
-    ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", "/work/ComfyUI"))
+    ap.add_argument("--comfyui", default=None,
+                    help="ComfyUI root (default: found as the tests find it: COMFYUI_PATH, the host "
+                         "ComfyUI, or .cache/ComfyUI from tests/comfyui_bootstrap.py)")
     ap.add_argument("--model", choices=("sd15", "sdxl"), default="sd15")
     ap.add_argument("--sections", default="")
     ap.add_argument("--budget-s", type=float, default=540.0)
@@ -765,8 +815,20 @@ def main(argv=None):
     ap.add_argument("--channels-last", action="store_true", help="also measure a channels_last model in micro")
     args = ap.parse_args(argv)
 
+    if args.comfyui is None:
+        sys.path.insert(0, str(REPO))
+        from tests.comfyui_bootstrap import find_root
+
+        root, why = find_root()
+        if root is None:
+            ap.error(f"--comfyui not given and {why}")
+        args.comfyui = str(root)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        # tiny models gain nothing from more threads, and on a shared CPU spinning OpenMP threads
+        # slow them down many times (the test suite measured ~25x)
+        torch.set_num_threads(1)
     setup_comfyui(args.comfyui, cpu=args.tiny)
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -845,8 +907,7 @@ def main(argv=None):
             if section == "env":
                 section_env(res, device)
             elif section == "micro":
-                models = {"fp16_weights": model, "bf16_weights": model_bf16,
-                          "fp16_weights_shadow_cl": model}
+                models = {"fp16_weights": model, "bf16_weights": model_bf16}
                 if args.channels_last and not args.tiny:
                     models["fp16_weights_channels_last"] = build_unet(arch, device, channels_last=True)
                 section_micro(res, ctx, models, reps)
@@ -878,7 +939,7 @@ def main(argv=None):
                 cfgs = [dict(model=model, steps=T, label=fp16) for T in T_list]
                 cfgs += [dict(model=model, steps=T, grad_mode="reversible", label=fp16 + ", reversible")
                          for T in T_list]
-                cfgs += [dict(model=model, steps=T_list[-1], shadow_cl=True, label=fp16 + ", channels-last bf16 copies"),
+                cfgs += [dict(model=model, steps=T_list[-1], label=fp16 + ", channels-last bf16 copies"),
                          dict(model=model, steps=T_list[-1], score_images="x", decoder_ckpt=True,
                               label=fp16 + ", score x only, decoder checkpointing"),
                          dict(model=model_bf16, steps=T_list[-1], label="bf16 weights, graphs")]
@@ -896,7 +957,7 @@ def main(argv=None):
             elif section == "flops":
                 section_flops(res, ctx, model_bf16)
             elif section == "official":
-                section_official(res, ctx, model, [T_list[0], T_list[-1]], 2)
+                section_official(res, ctx, model, sorted({T_list[0], T_list[-1]}), 2)
             elif section == "plain":
                 steps = [1, 2] if args.tiny else [1, 2, 4, 8, 16, 25, 50]
                 section_plain(res, ctx, model_bf16, steps)
@@ -914,6 +975,10 @@ def main(argv=None):
     res.save()
     log(f"done in {res.data['elapsed_s']:.0f} s -> {res.path}")
     summarize(res.data)
+    if res.data["errors"]:
+        log(f"FAILED: {len(res.data['errors'])} section(s) or configuration(s) raised: {sorted(res.data['errors'])}")
+        return 1
+    return 0
 
 
 def section_compile(res: Results, ctx, model, reps: int):
@@ -928,22 +993,22 @@ def section_compile(res: Results, ctx, model, reps: int):
         z = torch.randn(ctx["latent_shape"], generator=torch.Generator().manual_seed(0)).to(chain.device) * 3
         s = chain.sigmas[3]
         s_in = s.to(torch.float32).reshape(1).expand(z.shape[0])
-        ref = chain._eager(z, s_in, False)
-        out["eager_ms"] = _call_timer(lambda: chain._eager(z, s_in, False), reps) * 1e3
+        ref = chain.call_model(z, s_in, False)
+        out["eager_ms"] = _call_timer(lambda: chain.call_model(z, s_in, False), reps) * 1e3
         original = dm.forward
         torch._dynamo.config.recompile_limit = 64
         dm.forward = torch.compile(original, dynamic=False)
         try:
             t0 = time.perf_counter()
-            got = chain._eager(z, s_in, False)
+            got = chain.call_model(z, s_in, False)
             sync()
             out["first_call_incl_compile_s"] = time.perf_counter() - t0
             out["compiled_vs_eager_maxabs"] = float((got - ref).abs().max())
-            out["compiled_ms"] = _call_timer(lambda: chain._eager(z, s_in, False), reps) * 1e3
+            out["compiled_ms"] = _call_timer(lambda: chain.call_model(z, s_in, False), reps) * 1e3
             g = chain.denoise(z, s)
             out["compiled_graph_vs_eager_maxabs"] = float((g - ref).abs().max())
             out["compiled_graph_ms"] = _call_timer(lambda: chain.denoise(z, s), reps) * 1e3
-            out["graph_stats"] = chain.graph_stats
+            out["graph_stats"] = chain_graph_stats(chain)
         finally:
             del dm.forward
 
@@ -990,4 +1055,4 @@ def summarize(data: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,15 @@
-"""Locate and import a real ComfyUI checkout for integration tests, or skip with the reason.
+"""Locate and import a real ComfyUI for integration tests, and the one place tests give up on a
+missing prerequisite.
 
-Set ``COMFYUI_PATH`` to the root of a ComfyUI checkout (the folder holding ``main.py``), or run the
-tests with this pack inside ``ComfyUI/custom_nodes/``. Imports force CPU mode (``--cpu``) before
+ComfyUI is found as ``tests/comfyui_bootstrap.py`` finds it: ``COMFYUI_PATH``, else the ComfyUI
+this pack is installed in (``<ComfyUI>/custom_nodes/<pack>``), else ``.cache/ComfyUI`` (where the
+bootstrap unpacks the pinned version). Imports force CPU mode (``--cpu``) before
 ``comfy.model_management`` is loaded, exactly as ``python main.py --cpu`` would.
+
+:func:`unavailable` is how every test reacts to something missing from the machine (ComfyUI,
+chromium, the frontend wheel, ``../shared`` data): on a user's machine it skips with the reason; in
+CI (``CI=true``) it fails, so a CI run can never go green by skipping what it was meant to prove.
+``tests/test_suite_rules.py`` checks that no test skips any other way.
 """
 from __future__ import annotations
 
@@ -12,24 +19,34 @@ from pathlib import Path
 
 import pytest
 
+from tests.comfyui_bootstrap import find_root
+
 PACK_ROOT = Path(__file__).resolve().parents[1]
 
 
+def in_ci() -> bool:
+    """``CI`` set to true/1/yes (GitHub Actions, GitLab and most CI services set ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str):
+    """Give up on the calling test because the machine lacks something: skip with ``reason``, or
+    under ``CI=true`` fail with it (CI must run everything)."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the run instead of skipping)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
 def comfyui_root() -> Path | None:
-    env = os.environ.get("COMFYUI_PATH")
-    candidates = [Path(env)] if env else []
-    candidates.append(PACK_ROOT.parent.parent)  # <ComfyUI>/custom_nodes/<pack>
-    for root in candidates:
-        if (root / "main.py").is_file() and (root / "comfy" / "model_management.py").is_file():
-            return root.resolve()
-    return None
+    return find_root()[0]
 
 
 def require_comfyui():
-    """Import ComfyUI's core modules (CPU mode) or skip the calling test with an explicit reason."""
-    root = comfyui_root()
+    """Import ComfyUI's core modules (CPU mode), or give up through :func:`unavailable` with why."""
+    root, why = find_root()
     if root is None:
-        pytest.skip("ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout to run this test")
+        unavailable(why)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
@@ -42,5 +59,6 @@ def require_comfyui():
         import comfy.samplers  # noqa: F401
         import folder_paths  # noqa: F401
     except ImportError as exc:  # a broken environment is a failure, not a skip
-        raise RuntimeError(f"ComfyUI at {root} is present but failed to import: {exc}") from exc
+        raise RuntimeError(f"ComfyUI at {root} is present but failed to import: {exc}. Install its "
+                           "requirements: python tests/comfyui_bootstrap.py") from exc
     return root

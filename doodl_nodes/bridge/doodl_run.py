@@ -139,19 +139,19 @@ def _plan_memory(model, vae, scorers, request: DoodlRequest, plan: _Plan, cfg: f
     patchers = [model, vae.patcher] + patchers_for(scorers)
     unet = model.get_model_object("diffusion_model")
     dtype = model.model_dtype()
-    copies = (request.precision == "bf16" and dtype in (torch.float16, torch.float32)
-              and device.type == "cuda" and cuda_graphs_enabled())
+    graphs = device.type == "cuda" and cuda_graphs_enabled()
+    copies = graphs and request.precision == "bf16" and dtype in (torch.float16, torch.float32)
     n_images = plan.shape[0] * (2 if plan.score_images == "both" else 1)
     ratio = vae.spacial_compression_decode() if hasattr(vae, "spacial_compression_decode") else 8
     needs = MemoryNeeds(
-        weights=patcher_bytes(patchers), unet_params=module_params([unet]), bf16_copies=copies,
+        weights=patcher_bytes(patchers), unet_params=module_params([unet]), bf16_copies=copies, cuda_graphs=graphs,
         latent_numel=latent_pixels(plan.shape), cfg_batch=1 if cfg == 1 else 2,
         image_pixels=int(plan.shape[-2] * plan.shape[-1] * ratio * ratio), images=n_images,
         scorer_params=module_params(scorer.modules()), crops=max(request.crops.num_crops, 1),
         crops_with_grad=_crops_with_grad(scorer, request.crops),
         decoder_checkpointing=request.decoder_checkpointing)
     return plan_memory(needs, available_memory(device), score_images=plan.score_images,
-                       reduction_keeps_all=needs.crops_with_grad > 1, can_drop_copies=copies)
+                       reduction_keeps_all=needs.crops_with_grad > 1)
 
 
 def _scored_latents(x0, y0, which: str):
@@ -320,7 +320,7 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         result, final, best, pair, noise = run_in_guider(
             model, positive, negative, cfg, sigmas, plan.shape, fn, grad=True, precision=request.precision,
             extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL",
-            bf16_copies=plan.memory.bf16_copies)
+            bf16_copies=plan.memory.bf16_copies, cuda_graphs=plan.memory.cuda_graphs)
     finally:
         objective.images = None
     return _outputs(result, reporter, request, final, best, pair, noise, plan.memory)

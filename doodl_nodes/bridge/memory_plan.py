@@ -2,20 +2,25 @@
 
 Before a run, the memory the run needs is estimated from the model sizes and the latent/image
 sizes, and compared with what ComfyUI can give it: the free memory its ``get_free_memory`` reports
-plus what its loaded models hold (it unloads them on demand). While the estimate does not fit, the
-savings below are switched on, in this order, cheapest in effect first:
+plus what its loaded models hold (it unloads them on demand), less the user's ``--reserve-vram``.
+While the estimate does not fit, the savings below are switched on, in this order (measured on an
+H200, SD1.5 512², T=50, the paper's aesthetic objective; benchmarks/RESULTS.md, "memory model"):
 
 1. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
-   backward pass): the same loss and gradient, one more scorer forward;
+   backward pass): the same loss and gradient; saved 4.7 of 15.2 GiB, cost +18 % time;
 2. ``decoder checkpointing``: the VAE decoder recomputes its blocks in the backward pass: the same
-   values, one more decoder forward;
-3. ``no bf16 weight copies``: the gradient pass of an fp16/fp32 model runs under bf16 autocast
-   instead of from bf16 copies of its weights (the copies cost 2 bytes per parameter): slower;
-4. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
-   instead of both: half the objective's memory, a different (but also the paper's) objective.
+   values; saved 0.25 GiB, no measurable time;
+3. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
+   instead of both: a different (but also the paper's) objective; saved 2.6 GiB, no time;
+4. ``no CUDA graphs``: the model runs eagerly; the graphs' private memory pools (and the bf16
+   weight copies the gradient graphs run from) are not made; saved 3.5 GiB of reserved memory,
+   4.4x slower.
 
-The choices are logged and reported in the loss history (``memory``). The estimate is coarse: its
-constants come from measurements on an H200 (benchmarks/RESULTS.md, "memory model"); a run that
+Dropping only the bf16 weight copies is not a saving while graphs are on: the gradient graph then
+casts the weights under autocast inside its own pool (measured: 0.5 GiB more reserved memory).
+
+The choices are logged and reported in the loss history (``memory``). The estimate models the
+allocator's reserved memory (what a small card runs out of), not only the live tensors; a run that
 still runs out of memory stops with DOODL's out-of-memory message listing the same knobs.
 """
 from __future__ import annotations
@@ -36,16 +41,22 @@ log = logging.getLogger("doodl")
 GIB = 1024 ** 3
 CROP_CHUNK = 4
 
-# Activation memory per unit, calibrated on SD1.5 512² / SDXL 1024² runs (benchmarks/RESULTS.md):
-#: one CFG model call's saved activations (fwd+bwd), bytes per latent element per parameter-GB
-CALL_BYTES = 9.0e3
-#: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: a quarter)
-DECODE_BYTES = 6.0e3
-DECODE_CKPT_FRACTION = 0.25
+# Calibrated on an H200 (SD1.5 512², T=50, ViT-L/14 aesthetic head, 16 crops; benchmarks/RESULTS.md):
+#: one CFG model call's saved activations (fwd+bwd, bf16): bytes per latent element, times the
+#: diffusion model's parameter count in billions to the power CALL_PARAM_POWER (fitted to SD1.5,
+#: 1.24 GiB at 64x64, and SDXL, 6.7 GiB at 128x128; the gradient walker holds one call at a time)
+CALL_BYTES = 4.24e4
+CALL_PARAM_POWER = 0.28
+#: reserved memory of the CUDA graphs' private pools, in units of one call's activations
+GRAPH_POOL_CALLS = 1.8
+#: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: 96 % of it)
+DECODE_BYTES = 7.6e3
+DECODE_CKPT_FRACTION = 0.96
 #: scorer activations kept per back-propagated crop, bytes per scorer parameter
-SCORER_BYTES_PER_PARAM = 1.0
-#: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state
-SLACK = 1.15
+SCORER_BYTES_PER_PARAM = 0.7
+#: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state (the terms
+#: above already model reserved memory: the SD1.5 estimates were within 3 % of the measured peaks)
+SLACK = 1.0
 
 
 @dataclass
@@ -54,7 +65,8 @@ class MemoryNeeds:
 
     weights: int                    # bytes of every model the run loads (diffusion model, VAE, scorers)
     unet_params: int                # parameters of the diffusion model
-    bf16_copies: bool               # whether the gradient pass would make bf16 weight copies
+    bf16_copies: bool               # whether the gradient graphs would run from bf16 weight copies
+    cuda_graphs: bool               # whether the run would use CUDA graphs
     latent_numel: int               # elements of one model input (batch included)
     cfg_batch: int                  # 2 with CFG, 1 at cfg 1
     image_pixels: int               # H * W of one decoded image
@@ -74,6 +86,7 @@ class MemoryPlan:
     decoder_checkpointing: bool = False
     score_images: Optional[str] = None  # None: as requested
     bf16_copies: bool = True
+    cuda_graphs: Optional[bool] = None  # False: the plan turned CUDA graphs off; None: as configured
 
     def report(self) -> dict:
         gib = (lambda v: None if v is None else round(v / GIB, 2))
@@ -82,27 +95,27 @@ class MemoryPlan:
 
 
 def estimate(n: MemoryNeeds) -> int:
-    """Estimated peak bytes of one DOODL iteration (see the module docstring)."""
-    copies = 2 * n.unet_params if n.bf16_copies else 0
-    call = CALL_BYTES * n.latent_numel * n.cfg_batch * max(n.unet_params, 1) / 1e9
-    chain = 2 * call                       # an EDICT step's VJP holds two calls' activations
+    """Estimated peak reserved bytes of one DOODL iteration (see the module docstring)."""
+    call = CALL_BYTES * n.latent_numel * n.cfg_batch * (max(n.unet_params, 1) / 1e9) ** CALL_PARAM_POWER
+    graphs = (GRAPH_POOL_CALLS * call + (2 * n.unet_params if n.bf16_copies else 0)) if n.cuda_graphs else 0
     decode = DECODE_BYTES * n.image_pixels * n.images
     if n.decoder_checkpointing:
         decode *= DECODE_CKPT_FRACTION
     scorer = SCORER_BYTES_PER_PARAM * n.scorer_params * n.crops_with_grad * n.images
-    return int(SLACK * (n.weights + copies + chain + decode + scorer))
+    return int(SLACK * (n.weights + call + graphs + decode + scorer))
 
 
 def available_memory(device: torch.device) -> int:
-    """What ComfyUI can give a run on ``device``: its free memory plus what loaded models hold."""
+    """What ComfyUI can give a run on ``device``: its free memory plus what loaded models hold, less
+    the memory the user reserved for other programs (``--reserve-vram``, which ComfyUI's own loader
+    also keeps free)."""
     mm = comfy.model_management
     loaded = sum(lm.model_loaded_memory() for lm in mm.current_loaded_models
                  if getattr(lm, "device", None) == device)
-    return int(mm.get_free_memory(device) + loaded)
+    return max(0, int(mm.get_free_memory(device) + loaded - mm.extra_reserved_memory()))
 
 
-def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduction_keeps_all: bool,
-                can_drop_copies: bool) -> MemoryPlan:
+def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduction_keeps_all: bool) -> MemoryPlan:
     """Switch savings on, in the documented order, until the estimate fits ``available``."""
     plan = MemoryPlan(available=available, decoder_checkpointing=needs.decoder_checkpointing,
                       bf16_copies=needs.bf16_copies)
@@ -113,12 +126,12 @@ def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduct
     if not needs.decoder_checkpointing:
         steps.append(("decoder checkpointing", lambda n: _replace(n, decoder_checkpointing=True),
                       lambda p: setattr(p, "decoder_checkpointing", True)))
-    if needs.bf16_copies and can_drop_copies:
-        steps.append(("no bf16 weight copies", lambda n: _replace(n, bf16_copies=False),
-                      lambda p: setattr(p, "bf16_copies", False)))
     if score_images == "both" and needs.images % 2 == 0:
         steps.append(("one scored image", lambda n: _replace(n, images=n.images // 2),
                       lambda p: setattr(p, "score_images", "x")))
+    if needs.cuda_graphs:
+        steps.append(("no CUDA graphs", lambda n: _replace(n, cuda_graphs=False, bf16_copies=False),
+                      lambda p: (setattr(p, "cuda_graphs", False), setattr(p, "bf16_copies", False))))
     current = needs
     plan.estimate = estimate(current)
     for name, change_needs, change_plan in steps:

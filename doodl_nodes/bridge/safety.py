@@ -9,10 +9,12 @@ Tiled VAE decoding never happens here: the differentiable decode calls the VAE's
 """
 from __future__ import annotations
 
+import torch
+
 import comfy.cli_args
 
 __all__ = ["UnsafeSettingError", "check_gradient_safe", "check_exactness_safe", "cache_wrappers",
-           "differentiable_attention_override"]
+           "differentiable_attention_override", "builds_graph"]
 
 _CACHE_MARKERS = ("cache", "teacache", "skip", "fbcache", "deepcache", "tgate")
 
@@ -69,9 +71,14 @@ def differentiable_attention_override():
     ComfyUI's sub-quadratic and split attention (its defaults when PyTorch's scaled-dot-product
     attention is not enabled, e.g. on CPU or with --use-split-cross-attention) size their chunks from
     the free memory, and when memory is short they switch to in-place softmax kernels
-    (``torch.exp(x, out=x)``) that autograd cannot differentiate. For DOODL's gradient pass the
-    override routes those two to ComfyUI's PyTorch attention (the same function, differentiable at
-    any memory level); every other attention is left alone.
+    (``torch.exp(x, out=x)``) that autograd cannot differentiate. The override routes those two to
+    ComfyUI's PyTorch attention (the same function, differentiable at any memory level) only for
+    calls that build a graph for gradients: grad mode on and a query, key or value that requires
+    grad. Every other call, the no-grad forward chain included, runs the attention ComfyUI chose,
+    so a chain sampled inside DOODL is the chain EDICT Generate or ComfyUI's samplers compute. (The
+    two attentions differ only in rounding, 3.6e-7 on one CPU call in the test, but through a chain
+    of calls that grew to 3e-5..2e-4 (absolute) in the final latents, which broke the regeneration tests while the
+    override applied to every call.) Every other attention function is left alone.
     """
     import comfy.ldm.modules.attention as attention
 
@@ -84,9 +91,18 @@ def differentiable_attention_override():
     safe = attention.attention_pytorch
 
     def override(func, *args, **kwargs):
-        if func in chunked:
+        if func in chunked and builds_graph(args, kwargs):
             return safe(*args, **kwargs)
         return func(*args, **kwargs)
 
     override.doodl_differentiable = True
     return override
+
+
+def builds_graph(args, kwargs) -> bool:
+    """True when an attention call with these arguments records an autograd graph: grad mode is
+    on and one of its tensor arguments (query, key, value, mask) requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    values = list(args) + list(kwargs.values())
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in values)

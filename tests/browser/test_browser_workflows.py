@@ -1,7 +1,8 @@
 """The real ComfyUI frontend in headless chromium, served by the CPU workflow test server.
 
 Needs ComfyUI (``COMFYUI_PATH``), the ``comfyui_frontend_package`` wheel ComfyUI serves, and
-Debian's ``chromium`` + ``chromium-driver``; skips with the reason otherwise (CI has none of them).
+Debian's ``chromium`` + ``chromium-driver`` (``.ci/run`` installs them); skips with the reason
+otherwise, or fails under ``CI=true`` (``tests.comfyui_env.unavailable``).
 
 Checked: the extension registers and its script is served; the frontend's node definitions carry
 each pack node's description and a tooltip for every input; the pack's six workflows are listed in
@@ -26,7 +27,7 @@ import pytest
 
 from tests.browser import comfy_page
 from tests.browser import webdriver
-from tests.comfyui_env import require_comfyui
+from tests.comfyui_env import require_comfyui, unavailable
 from tests.workflows import workflow_tools as wt
 
 pytestmark = pytest.mark.comfyui
@@ -42,10 +43,11 @@ KNOWN_FRONTEND_STARTUP_ERROR = "Cannot read properties of undefined (reading 'id
 def server():
     require_comfyui()
     if importlib.util.find_spec("comfyui_frontend_package") is None:
-        pytest.skip("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed")
+        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed: "
+                    "python tests/comfyui_bootstrap.py installs ComfyUI's requirements")
     reason = webdriver.available()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     from tests.workflows.workflow_server import workflow_server
 
     return workflow_server(frontend="real")

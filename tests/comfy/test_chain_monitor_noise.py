@@ -81,7 +81,8 @@ def test_euler_chain_runs_and_regenerates(eps3):
     best, pair, noise = out["result"][1]["samples"], out["result"][5], out["result"][6]
     assert pair.chain == "euler" and torch.equal(pair.x, pair.y)
     with torch.inference_mode():
-        regen = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=pair)[0]
+        regen = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                         seed=0, p=0.93, leapfrog=True, edict_latent=pair)[0]
         guider = CFGGuider().get_guider(model, pos, neg, 2.0)[0]
         sampler = KSamplerSelect().get_sampler("euler")[0]
         comfy_out = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, tiny_latent("eps"))[0]
@@ -104,7 +105,7 @@ def test_euler_chain_one_step_flow_and_edict_refusals(comfy):
     with pytest.raises(ValueError, match="at least 2 sampling steps.*euler"):
         _doodl(setup, chain="edict", iterations=1, latent=tiny_latent("flow"))
     with pytest.raises(ValueError, match="at least 2 sampling steps"), torch.inference_mode():
-        SamplerCustom().sample(model, True, 0, 1.0, pos, neg, EDICTSampler().get_sampler(0.93, True)[0],
+        SamplerCustom().sample(model, True, 0, 1.0, pos, neg, EDICTSampler().get_sampler(p=0.93, leapfrog=True)[0],
                                sigmas, tiny_latent("flow"))
     # an inverted EDICT pair cannot be optimized through the Euler chain
     eps = tiny_setup("eps", steps=3)
@@ -114,7 +115,8 @@ def test_euler_chain_one_step_flow_and_edict_refusals(comfy):
         from doodl_nodes.nodes.edict_nodes import EDICTInversion
 
         lat = nodes.VAEEncode().encode(eps[1], torch.rand(1, 64, 64, 3))[0]
-        el, _ = EDICTInversion().invert(eps[0], eps[2], eps[3], 2.0, eps[4], lat, 0.93, True)
+        el, _ = EDICTInversion().invert(model=eps[0], positive=eps[2], negative=eps[3], cfg=2.0,
+                                        sigmas=eps[4], latent=lat, p=0.93, leapfrog=True)
     with pytest.raises(ValueError, match="set chain to edict"):
         _doodl(eps, chain="euler", edict_latent=el, latent=None, tie_latents=False, renormalize=False)
 

@@ -33,9 +33,12 @@ def _optimize(model, vae, pos, neg, sigmas, *, iterations=3, seed=0, latent=None
               score="both", crops=0, start_step=0, cfg=2.0):
     from doodl_nodes.nodes.doodl_nodes import DOODLOptimize
 
-    return DOODLOptimize().optimize(model, vae, pos, neg, cfg, sigmas, _scorer(), seed, iterations, lr, 0.9,
-                                    clip, perturbation, renorm, tie, start_step, mode, crops, 0.3, "min", score,
-                                    precision, latent=latent, edict_latent=edict_latent)
+    return DOODLOptimize().optimize(model=model, vae=vae, positive=pos, negative=neg, cfg=cfg, sigmas=sigmas,
+                                    scorer=_scorer(), seed=seed, iterations=iterations, lr=lr, momentum=0.9,
+                                    clip=clip, perturbation=perturbation, renormalize=renorm, tie_latents=tie,
+                                    start_step=start_step, grad_mode=mode, num_crops=crops, cut_power=0.3,
+                                    crop_reduction="min", score_images=score, precision=precision,
+                                    latent=latent, edict_latent=edict_latent)
 
 
 @pytest.mark.parametrize("kind", ["eps", "flow"])
@@ -137,7 +140,8 @@ def test_editing_with_zero_iterations_reconstructs_the_image(comfy):
     model, vae, pos, neg, sigmas = _setup("eps", steps=4)
     with torch.inference_mode():
         latent = nodes.VAEEncode().encode(vae, torch.rand(1, 64, 64, 3))[0]
-        el, _ = EDICTInversion().invert(model, pos, neg, 2.0, sigmas, latent, 0.93, True)
+        el, _ = EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                        latent=latent, p=0.93, leapfrog=True)
         out = _optimize(model, vae, pos, neg, sigmas, edict_latent=el, iterations=0, tie=False, renorm=False)
         edited = _optimize(model, vae, pos, neg, sigmas, edict_latent=el, iterations=2, tie=False,
                            renorm=False, lr=5.0)
@@ -169,9 +173,11 @@ def test_one_step_guidance_sampler(comfy):
     with torch.inference_mode():
         plain = SamplerCustom().sample(model, True, 7, 2.0, pos, neg, comfy.samplers.ksampler("euler"),
                                        sigmas, tiny_latent("eps"))[0]["samples"]
-        s0 = DOODLOneStepGuidance().get_sampler(vae, _scorer(), 0.0, 0, 0.3, "min", 0)[0]
+        s0 = DOODLOneStepGuidance().get_sampler(vae=vae, scorer=_scorer(), guidance_scale=0.0, num_crops=0,
+                                                cut_power=0.3, crop_reduction="min", seed=0)[0]
         zero = SamplerCustom().sample(model, True, 7, 2.0, pos, neg, s0, sigmas, tiny_latent("eps"))[0]["samples"]
-        s1 = DOODLOneStepGuidance().get_sampler(vae, _scorer(), 1e4, 2, 0.3, "min", 0)[0]
+        s1 = DOODLOneStepGuidance().get_sampler(vae=vae, scorer=_scorer(), guidance_scale=1e4, num_crops=2,
+                                                cut_power=0.3, crop_reduction="min", seed=0)[0]
         guided = SamplerCustom().sample(model, True, 7, 2.0, pos, neg, s1, sigmas, tiny_latent("eps"))[0]["samples"]
     assert torch.allclose(zero, plain, rtol=1e-5, atol=1e-5)
     assert torch.isfinite(guided).all() and not torch.allclose(guided, plain)
@@ -223,6 +229,7 @@ def test_best_pair_after_a_start_step_regenerates_the_best_latent(comfy):
     with torch.inference_mode():
         out = _optimize(model, vae, pos, neg, sigmas, latent=tiny_latent("eps"), iterations=2, start_step=2, lr=5.0)
         pair = out["result"][5]
-        regen = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=pair)[0]
+        regen = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                         seed=0, p=0.93, leapfrog=True, edict_latent=pair)[0]
     assert pair.sigmas.numel() == 3
     assert torch.allclose(regen["samples"], out["result"][1]["samples"], rtol=1e-5, atol=1e-5)

@@ -44,9 +44,10 @@ def test_sampler_custom_equals_edict_generate(comfy, kind):
     model, _, pos, neg, sigmas = _setup(kind)
     latent = tiny_latent(kind)
     with torch.inference_mode():
-        sampler = EDICTSampler().get_sampler(0.93, True)[0]
+        sampler = EDICTSampler().get_sampler(p=0.93, leapfrog=True)[0]
         ref = SamplerCustom().sample(model, True, 123, 2.5, pos, neg, sampler, sigmas, latent)[0]["samples"]
-        got = EDICTGenerate().generate(model, pos, neg, 2.5, sigmas, 123, 0.93, True, latent=latent)[0]["samples"]
+        got = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.5, sigmas=sigmas,
+                                       seed=123, p=0.93, leapfrog=True, latent=latent)[0]["samples"]
     assert torch.isfinite(got).all() and got.abs().max() > 0
     assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6), float((got - ref).abs().max())
 
@@ -58,8 +59,10 @@ def test_inversion_then_generation_reconstructs(comfy, kind):
     model, vae, pos, neg, sigmas = _setup(kind, steps=6)
     latent = _encode(vae)
     with torch.inference_mode():
-        el, view = EDICTInversion().invert(model, pos, neg, 3.0, sigmas, latent, 0.93, True)
-        rec = EDICTGenerate().generate(model, pos, neg, 3.0, sigmas, 0, 0.93, True, edict_latent=el)[0]
+        el, view = EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=3.0, sigmas=sigmas,
+                                           latent=latent, p=0.93, leapfrog=True)
+        rec = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=3.0, sigmas=sigmas,
+                                       seed=0, p=0.93, leapfrog=True, edict_latent=el)[0]
     x = latent["samples"]
     rel = float((rec["samples"] - x).norm() / x.norm())
     assert rel < 1e-6, rel
@@ -78,8 +81,10 @@ def test_works_after_ksampler_loaded_the_model(comfy):
     with torch.inference_mode():
         nodes.common_ksampler(model, 1, 2, 2.0, "euler", "normal", pos, neg, tiny_latent("eps"))
         latent = nodes.VAEEncode().encode(vae, torch.rand(1, 64, 64, 3))[0]
-        el, _ = EDICTInversion().invert(model, pos, neg, 2.0, sigmas, latent, 0.93, True)
-        rec = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=el)[0]
+        el, _ = EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                        latent=latent, p=0.93, leapfrog=True)
+        rec = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                       seed=0, p=0.93, leapfrog=True, edict_latent=el)[0]
     assert float((rec["samples"] - latent["samples"]).norm() / latent["samples"].norm()) < 1e-6
 
 
@@ -93,13 +98,16 @@ def test_edict_latent_mismatches_are_refused(comfy):
     latent = _encode(vae)
     other, _, _, _, _ = _setup("v", steps=3)
     with torch.inference_mode():
-        el, _ = EDICTInversion().invert(model, pos, neg, 2.0, sigmas, latent, 0.93, True)
+        el, _ = EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                        latent=latent, p=0.93, leapfrog=True)
         more = cs.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 5)
         with pytest.raises(EdictLatentMismatch, match="other sigmas"):
-            EDICTGenerate().generate(model, pos, neg, 2.0, more, 0, 0.93, True, edict_latent=el)
+            EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=more, seed=0,
+                                     p=0.93, leapfrog=True, edict_latent=el)
         v_pos = _setup("v")[2]
         with pytest.raises(EdictLatentMismatch, match="another model"):
-            EDICTGenerate().generate(other, v_pos, v_pos, 2.0, sigmas, 0, 0.93, True, edict_latent=el)
+            EDICTGenerate().generate(model=other, positive=v_pos, negative=v_pos, cfg=2.0, sigmas=sigmas,
+                                     seed=0, p=0.93, leapfrog=True, edict_latent=el)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -113,7 +121,8 @@ def test_bad_sigmas_named(comfy, bad, match):
 
     model, _, pos, neg, _ = _setup("eps", steps=2)
     with torch.inference_mode(), pytest.raises(ValueError, match=f"sigmas input.*{match}"):
-        EDICTGenerate().generate(model, pos, neg, 2.0, bad, 0, 0.93, True, latent=tiny_latent("eps"))
+        EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=bad, seed=0, p=0.93,
+                                 leapfrog=True, latent=tiny_latent("eps"))
 
 
 def test_wrong_latent_channels_named(comfy):
@@ -121,4 +130,5 @@ def test_wrong_latent_channels_named(comfy):
 
     model, _, pos, neg, sigmas = _setup("eps", steps=2)
     with torch.inference_mode(), pytest.raises(ValueError, match="latent input has 16 channels"):
-        EDICTInversion().invert(model, pos, neg, 2.0, sigmas, {"samples": torch.randn(1, 16, 8, 8)}, 0.93, True)
+        EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                latent={"samples": torch.randn(1, 16, 8, 8)}, p=0.93, leapfrog=True)

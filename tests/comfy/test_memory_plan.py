@@ -16,7 +16,7 @@ GIB = 1024 ** 3
 def _needs(**kw):
     from doodl_nodes.bridge.memory_plan import MemoryNeeds
 
-    base = dict(weights=4 * GIB, unet_params=860_000_000, bf16_copies=True, latent_numel=4 * 64 * 64,
+    base = dict(weights=4 * GIB, unet_params=860_000_000, bf16_copies=True, cuda_graphs=True, latent_numel=4 * 64 * 64,
                 cfg_batch=2, image_pixels=512 * 512, images=2, scorer_params=300_000_000, crops=16,
                 crops_with_grad=16, decoder_checkpointing=False)
     base.update(kw)
@@ -29,9 +29,9 @@ def test_choices_come_in_order_until_the_estimate_fits():
 
     needs = _needs()
     full = estimate(needs)
-    kw = dict(score_images="both", reduction_keeps_all=True, can_drop_copies=True)
+    kw = dict(score_images="both", reduction_keeps_all=True)
     assert plan_memory(needs, full + 1, **kw).choices == []
-    order = ["crop chunks", "decoder checkpointing", "no bf16 weight copies", "one scored image"]
+    order = ["crop chunks", "decoder checkpointing", "one scored image", "no CUDA graphs"]
     seen = []
     for available in (full - 1, int(full * 0.7), int(full * 0.6), int(full * 0.5), GIB):
         plan = plan_memory(needs, available, **kw)
@@ -40,13 +40,16 @@ def test_choices_come_in_order_until_the_estimate_fits():
         seen.append(len(plan.choices))
     assert seen == sorted(seen) and seen[-1] == 4          # less memory, more savings
     last = plan_memory(needs, GIB, **kw)
-    assert (last.crop_chunk, last.decoder_checkpointing, last.bf16_copies, last.score_images) == \
-        (4, True, False, "x")
+    assert (last.crop_chunk, last.decoder_checkpointing, last.score_images, last.cuda_graphs, last.bf16_copies) == \
+        (4, True, "x", False, False)
     # savings that do not apply are not offered
-    p = plan_memory(_needs(bf16_copies=False, crops_with_grad=1, decoder_checkpointing=True), GIB,
-                    score_images="x", reduction_keeps_all=False, can_drop_copies=False)
+    p = plan_memory(_needs(bf16_copies=False, cuda_graphs=False, crops_with_grad=1, decoder_checkpointing=True), GIB,
+                    score_images="x", reduction_keeps_all=False)
     assert p.choices == []
     assert estimate(_needs(crops_with_grad=4)) < full
+    # graphs cost their pools and the bf16 copies; without graphs the copies are not made
+    assert estimate(_needs(cuda_graphs=False)) < estimate(_needs(bf16_copies=False)) < full
+    assert estimate(_needs(cuda_graphs=False)) == estimate(_needs(cuda_graphs=False, bf16_copies=False))
 
 
 def test_short_memory_choices_are_applied_and_reported(monkeypatch):
@@ -94,3 +97,19 @@ def test_short_memory_choices_are_applied_and_reported(monkeypatch):
     # in the backward pass; with plenty of memory: both images' 16 crops at once
     assert plenty_calls[0] == 16 and set(short_calls) == {4}
     assert short["losses"] != plenty["losses"]   # one image instead of two: another objective
+
+
+def test_available_memory_keeps_the_users_reserve(monkeypatch):
+    """``--reserve-vram`` (ComfyUI's EXTRA_RESERVED_VRAM) is memory the user keeps for other programs:
+    the plan must not count it as available (ComfyUI's own loader does not either)."""
+    require_comfyui()
+    import comfy.model_management as mm
+
+    from doodl_nodes.bridge.memory_plan import available_memory
+
+    mm.unload_all_models()
+    monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: 10 * GIB)
+    monkeypatch.setattr(mm, "EXTRA_RESERVED_VRAM", 4 * GIB)
+    assert available_memory(torch.device("cpu")) == 6 * GIB
+    monkeypatch.setattr(mm, "EXTRA_RESERVED_VRAM", 12 * GIB)
+    assert available_memory(torch.device("cpu")) == 0

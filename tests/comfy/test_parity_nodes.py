@@ -52,7 +52,8 @@ def test_doodl_continued_from_its_pair_renders_what_edict_generate_makes(comfy, 
         assert pair.sigmas.numel() == sigmas.numel() - start_step
         again = _doodl(model, vae, pos, neg, sigmas, edict_latent=pair, lr=0.0, tie_latents=False,
                        renormalize=False, iterations=1)
-        regen = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=pair)[0]
+        regen = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                         seed=0, p=0.93, leapfrog=True, edict_latent=pair)[0]
     final, best = again["result"][0]["samples"], again["result"][1]["samples"]
     torch.testing.assert_close(final, regen["samples"], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(best, regen["samples"], rtol=1e-6, atol=1e-7)
@@ -86,7 +87,7 @@ def test_official_one_step_baseline_variant(comfy):
                                                   seed=0, variant=variant)[0]
 
     with torch.inference_mode():
-        edict = run(EDICTSampler().get_sampler(0.93, True)[0])
+        edict = run(EDICTSampler().get_sampler(p=0.93, leapfrog=True)[0])
         zero = run(baseline(0.0, "official"))
         official = run(baseline(1e4, "official"))
         pack = run(baseline(1e4, "cfg_x0_euler"))

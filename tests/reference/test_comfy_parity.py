@@ -83,8 +83,8 @@ def test_edict_generate_equals_official_port(comfy_models, weights, cfg, tol):
     latent = tiny_latent("eps")
     with torch.inference_mode():
         sigmas = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", STEPS)
-        got = EDICTGenerate().generate(model, positive, negative, cfg, sigmas, SEED, P, True,
-                                       latent=latent)[0]["samples"]
+        got = EDICTGenerate().generate(model=model, positive=positive, negative=negative, cfg=cfg,
+                                       sigmas=sigmas, seed=SEED, p=P, leapfrog=True, latent=latent)[0]["samples"]
     assert float(sigmas[-1]) == 0.0 and sigmas.numel() == STEPS + 1
 
     contexts = {True: positive[0][0].to(weights), False: negative[0][0].to(weights)}

@@ -57,9 +57,12 @@ def _run(setup, scorer, iterations=3):
 
     model, vae, pos, neg, sigmas = setup
     with torch.inference_mode():
-        return DOODLOptimize().optimize(model, vae, pos, neg, 2.0, sigmas, scorer, 0, iterations, 5.0, 0.9, 1e-2,
-                                        0.0, True, True, 0, "checkpoint", 0, 0.3, "min", "x", "fp32",
-                                        latent=tiny_latent("eps"))
+        return DOODLOptimize().optimize(model=model, vae=vae, positive=pos, negative=neg, cfg=2.0,
+                                        sigmas=sigmas, scorer=scorer, seed=0, iterations=iterations, lr=5.0,
+                                        momentum=0.9, clip=1e-2, perturbation=0.0, renormalize=True,
+                                        tie_latents=True, start_step=0, grad_mode="checkpoint", num_crops=0,
+                                        cut_power=0.3, crop_reduction="min", score_images="x",
+                                        precision="fp32", latent=tiny_latent("eps"))
 
 
 def _finite_outputs(out):
@@ -135,7 +138,8 @@ def test_interrupt_during_edict_generation(setup):
     handle = model.model.diffusion_model.register_forward_hook(hook)
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
-            EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, latent=tiny_latent("eps"))
+            EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas, seed=0,
+                                     p=0.93, leapfrog=True, latent=tiny_latent("eps"))
         assert len(seen) == 2
     finally:
         handle.remove()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.comfyui_env import require_comfyui
+from tests.comfyui_env import require_comfyui, unavailable
 
 pytestmark = pytest.mark.comfyui
 
@@ -172,7 +172,6 @@ def _rss_mb(srv) -> float:
 
 
 def test_soak_twenty_prompts_no_memory_growth_and_seeded_outputs(server):
-    pytest.importorskip("psutil")
     for seed in (900, 901, 902):  # warm-up: first-prompt allocations, torch/ComfyUI lazy state
         _run(server, _prompt(server, seed=seed))
     rss0 = _rss_mb(server)
@@ -250,13 +249,13 @@ def _open_counter(server, name: str, tmp_path):
     from tests.reliability import file_opens
 
     if name not in server.scorer_files:
-        pytest.skip(f"the LAION head {LAION_L14} is missing (../shared beside the checkout)")
+        unavailable(f"the LAION head {LAION_L14} is missing (../shared beside the checkout)")
     files = server.scorer_files[name]
     try:
         file_opens.self_test(tmp_path)
         return files, file_opens.OpenCounter([files.clip_weights, files.head])
     except file_opens.InotifyUnavailable as exc:
-        pytest.skip(f"cannot count file opens: {exc}")
+        unavailable(f"cannot count file opens: {exc}")
 
 
 def _opens(counter, files: ScorerFiles) -> tuple[int, int]:

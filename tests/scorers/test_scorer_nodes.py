@@ -131,7 +131,8 @@ def test_dropdowns_and_missing_file_errors(sn, pack_folders):
     assert "WS_DAN_PyTorch" in message
     with torch.inference_mode(), pytest.raises(FileNotFoundError,
                                                match="gone.safetensors.*open_clip"):
-        sn.DOODLCLIPTextScorer().build("a fox", "gone.safetensors", "auto", "fp32")
+        sn.DOODLCLIPTextScorer().build(prompt="a fox", clip_model="gone.safetensors", architecture="auto",
+                                       precision="fp32")
 
 
 def test_clip_text_node_with_files_and_cache(sn, pack_folders, tiny_open_clip):
@@ -192,9 +193,7 @@ def test_clip_image_node_mixes_clip_vision_and_files(sn, pack_folders, comfy_cli
     _grad_check(scorer)
 
 
-def test_aesthetic_node(sn, pack_folders, monkeypatch):
-    from doodl_nodes.scorers import aesthetic
-
+def test_aesthetic_node(sn, pack_folders):
     node = sn.DOODLAestheticScorer()
     f = pack_folders["clip_file"]
     with torch.inference_mode():
@@ -208,17 +207,51 @@ def test_aesthetic_node(sn, pack_folders, monkeypatch):
     torch.testing.assert_close(scorer.loss(x, CropConfig(num_crops=0)),
                                (raw.clamp(1, 10) - 6.5).abs())
     _grad_check(scorer)
-    if LAION_L14.is_file():  # a real 768-d head on a 16-d backbone: a clear error
-        with torch.inference_mode(), pytest.raises(ValueError, match="expects 768-d"):
-            node.build(LAION_L14.name, f, "auto", "maximize", 10.0, "fp32")
-        # "download:" entries fetch into the first doodl_aesthetic folder (here from a file URL)
-        name = "sa_0_4_vit_b_32_linear.pth"
-        src = LAION_L14.parent / name
-        monkeypatch.setitem(aesthetic.AESTHETIC_HEADS, name,
-                            (512, "ViT-B/32", src.resolve().as_uri(), "MIT"))
-        with torch.inference_mode(), pytest.raises(ValueError, match="expects 512-d"):
-            node.build(f"download: {name}", f, "auto", "maximize", 10.0, "fp32")
-        assert (pack_folders["root"] / "aesthetic" / name).read_bytes() == src.read_bytes()
+
+
+def test_aesthetic_node_download_entry(sn, pack_folders, monkeypatch, tmp_path):
+    """A "download:" entry fetches the head into the first doodl_aesthetic folder (here from a file
+    URL: no network), once; the downloaded head then scores; a failed download names the folder."""
+    from doodl_nodes.bridge.folders import MissingModelError
+    from doodl_nodes.scorers import aesthetic
+
+    src = tmp_path / "published" / "tiny_download_head.pth"
+    src.parent.mkdir()
+    torch.save({"weight": torch.randn(1, 16, generator=torch.Generator().manual_seed(3)),
+                "bias": torch.tensor([4.0])}, src)
+    monkeypatch.setitem(aesthetic.AESTHETIC_HEADS, src.name, (16, "tiny", src.resolve().as_uri(), "MIT"))
+    node = sn.DOODLAestheticScorer()
+    kw = dict(backbone=pack_folders["clip_file"], architecture="auto", goal="maximize", target=10.0,
+              precision="fp32")
+    dest = pack_folders["root"] / "aesthetic" / src.name
+    assert not dest.exists()
+    assert f"download: {src.name}" in node.INPUT_TYPES()["required"]["head"][0]
+    with torch.inference_mode():
+        (scorer,) = node.build(head=f"download: {src.name}", **kw)
+    assert dest.read_bytes() == src.read_bytes()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.scores(x)["aesthetic_score"], scorer.head(scorer.encoder(x)))
+    src.unlink()  # already in the folder: not fetched again
+    with torch.inference_mode():
+        node.build(head=f"download: {src.name}", **kw)
+    missing = tmp_path / "published" / "gone.pth"
+    monkeypatch.setitem(aesthetic.AESTHETIC_HEADS, missing.name, (16, "tiny", missing.as_uri(), "MIT"))
+    with torch.inference_mode(), pytest.raises(MissingModelError, match="Download it by hand"):
+        node.build(head=f"download: {missing.name}", **kw)
+    assert not (pack_folders["root"] / "aesthetic" / missing.name).exists()
+    assert not list((pack_folders["root"] / "aesthetic").glob("*.part"))
+
+
+def test_aesthetic_node_refuses_a_real_head_on_the_wrong_backbone(sn, pack_folders):
+    """The real 768-d LAION head (../shared) on the 16-d test backbone: a clear error."""
+    from tests.comfyui_env import unavailable
+
+    if not LAION_L14.is_file():
+        unavailable(f"the LAION head {LAION_L14} is missing (../shared beside the checkout)")
+    with torch.inference_mode(), pytest.raises(ValueError, match="expects 768-d"):
+        sn.DOODLAestheticScorer().build(head=LAION_L14.name, backbone=pack_folders["clip_file"],
+                                        architecture="auto", goal="maximize", target=10.0, precision="fp32")
 
 
 def test_wsdan_symmetry_and_combine_nodes(sn, pack_folders):
