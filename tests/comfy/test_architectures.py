@@ -158,8 +158,10 @@ def test_edict_round_trip_is_exact(comfy, kind, record_property):
         state_err, xt_std = run_in_guider(model, pos, neg, 2.0, sigmas, shape, fn)
         image = torch.rand((1, 64, 64, 3), generator=torch.Generator().manual_seed(0))
         latent = nodes.VAEEncode().encode(vae, image)[0]
-        el, _ = EDICTInversion().invert(model, pos, neg, 2.0, sigmas, latent, 0.93, True)
-        rec = EDICTGenerate().generate(model, pos, neg, 2.0, sigmas, 0, 0.93, True, edict_latent=el)[0]
+        el, _ = EDICTInversion().invert(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas,
+                                        latent=latent, p=0.93, leapfrog=True)
+        rec = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas, seed=0,
+                                       p=0.93, leapfrog=True, edict_latent=el)[0]
     node_err = _rel(rec["samples"], latent["samples"])
     record_property("edict_state_round_trip_rel", state_err)
     record_property("edict_node_round_trip_rel", node_err)
@@ -280,8 +282,9 @@ def test_one_step_baseline_runs(comfy, kind, variant):
     outs = []
     with torch.inference_mode():
         for scale in (0.0, 300.0):
-            sampler = DOODLOneStepGuidance().get_sampler(vae, _scorer(), scale, 0, 0.3, "auto", 0,
-                                                         variant=variant)[0]
+            sampler = DOODLOneStepGuidance().get_sampler(vae=vae, scorer=_scorer(), guidance_scale=scale,
+                                                         num_crops=0, cut_power=0.3, crop_reduction="auto",
+                                                         seed=0, variant=variant)[0]
             outs.append(SamplerCustom().sample(model, True, 7, 2.0, pos, neg, sampler, sigmas,
                                                _latent(kind))[0]["samples"])
     for o in outs:
@@ -370,7 +373,8 @@ def test_edict_with_one_step_is_refused_on_every_architecture(comfy, kind):
         with pytest.raises(ValueError, match="at least 2 sampling steps.*set chain to 'euler'"):
             _doodl(kind, chain="edict", sigmas=one)
         with pytest.raises(ValueError, match="EDICT Generate.*at least 2 sampling steps"):
-            EDICTGenerate().generate(model, pos, neg, 2.0, one, 0, 0.93, True, latent=_latent(kind))
+            EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=2.0, sigmas=one, seed=0, p=0.93,
+                                     leapfrog=True, latent=_latent(kind))
 
 
 def test_foreign_inplace_block_patch_is_refused_with_a_clear_message(comfy):
@@ -397,14 +401,10 @@ def test_foreign_inplace_block_patch_is_refused_with_a_clear_message(comfy):
 
 
 def test_noise_and_vae_across_latent_spaces_are_refused(comfy):
-    from doodl_nodes.nodes.doodl_nodes import DOODLOptimize
+    from doodl_nodes.bridge.vae import LatentMismatchError
 
     out = _doodl("sdxl", chain="euler", iterations=1)
     with pytest.raises(ValueError, match="same size, batch and latent channels"):
         out["result"][6].generate_noise(_latent("flux"))
-    flux, _, pos, neg, sigmas = _setup("flux")
-    sdxl_vae = _setup("sdxl")[1]
-    with torch.inference_mode(), pytest.raises(ValueError, match="vae"):
-        DOODLOptimize().optimize(flux, sdxl_vae, pos, neg, 1.0, sigmas, _scorer(), 0, 1, 1.0, 0.9, 1e-3, 0.0,
-                                 True, True, 0, "checkpoint", 0, 0.3, "auto", "both", "fp32",
-                                 latent=_latent("flux"))
+    with pytest.raises(LatentMismatchError, match="vae input makes 4-channel latents"):
+        _doodl("flux", vae=_setup("sdxl")[1], iterations=1)
