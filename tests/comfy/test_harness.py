@@ -42,7 +42,8 @@ def _raw_forward(model, x, cond, t=500.0):
 # ----------------------------------------------------------------------------------------------
 # Detection: what ComfyUI makes of the tiny state dicts
 
-MAX_PARAMS = {"eps": 17e6, "v": 75e6, "flow": 2e6, "v_patched": 17e6}  # keep the suite fast
+MAX_PARAMS = {"eps": 17e6, "v": 75e6, "flow": 2e6, "v_patched": 17e6,  # keep the suite fast
+              "sdxl": 62e6, "flux": 1e6, "flux_schnell": 1e6}
 
 
 @pytest.mark.parametrize("kind", tm.KINDS)
