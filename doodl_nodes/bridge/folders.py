@@ -9,11 +9,13 @@ Layout (under ``ComfyUI/models/``; every folder can also come from ``extra_model
                                            transformers folders (config.json + weights)
     doodl/aesthetic/    "doodl_aesthetic"  aesthetic heads (LAION linear, improved MLP)
     doodl/wsdan/        "doodl_wsdan"      WS-DAN checkpoints (bird/dog/aircraft .pth.tar)
+    doodl/hps/          "doodl_hps"        HPSv2 / HPSv2.1 checkpoints (HPS_v2*_compressed.pt)
+    doodl/imagereward/  "doodl_imagereward" ImageReward.pt + med_config.json + vocab.txt
 
 Registration merges, never overwrites (comfyui-notes §4.3): paths a user configured for any of
 these keys stay first, the defaults are appended, and extension sets are unioned. Every base path
-of ``doodl`` (the default and the user's) contributes its ``clip``/``aesthetic``/``wsdan``
-sub-folders. ComfyUI's CLIP_VISION models stay in its own ``clip_vision`` folder.
+of ``doodl`` (the default and the user's) contributes its ``clip``/``aesthetic``/``wsdan``/``hps``/
+``imagereward`` sub-folders. PickScore is a transformers CLIP folder in ``doodl/clip``. ComfyUI's CLIP_VISION models stay in its own ``clip_vision`` folder.
 
 Nothing here touches the network, except :func:`download_file`, which the nodes call only when the
 user picks a "download:" entry.
@@ -40,6 +42,8 @@ KINDS = {
     "doodl_clip": ("clip", "CLIP models (open_clip files or folders, transformers folders)"),
     "doodl_aesthetic": ("aesthetic", "aesthetic heads"),
     "doodl_wsdan": ("wsdan", "WS-DAN checkpoints"),
+    "doodl_hps": ("hps", "HPSv2 / HPSv2.1 checkpoints"),
+    "doodl_imagereward": ("imagereward", "ImageReward.pt with med_config.json and vocab.txt"),
 }
 EXTENSIONS = set(folder_paths.supported_pt_extensions) | {".safetensors", ".sft", ".tar"}
 FOLDER_SUFFIX = "/"

@@ -34,7 +34,7 @@ from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .weights import WeightsFileError, extract_state_dict, load_weights_file, strip_prefix
 
 __all__ = ["ClipBundle", "load_open_clip", "load_clip_folder", "clip_folder_kind",
-           "guess_open_clip_arch", "OPEN_CLIP_CONFIG", "HF_CONFIG", "DTYPES"]
+           "hf_folder_state_dict", "guess_open_clip_arch", "OPEN_CLIP_CONFIG", "HF_CONFIG", "DTYPES"]
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 HF_CONFIG = "config.json"
@@ -48,6 +48,8 @@ class ClipBundle:
     label: str
     image: ImageEncoder
     text: Optional[TextEncoder] = None
+    #: ``exp(logit_scale)`` of the model (the temperature of its contrastive logits), if it has one
+    logit_scale: Optional[float] = None
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -109,8 +111,14 @@ def _quiet_random_init_warning():
 
 
 def _open_clip_text(model, tokenizer, label: str) -> TextEncoder:
+    # the text tower's own device: ComfyUI may have moved the image tower (the part a scorer
+    # hands to its model management) to the GPU while the text tower stays where it was loaded
+    tower = getattr(model, "text", None)
+    if not isinstance(tower, torch.nn.Module):
+        tower = getattr(model, "token_embedding", model)
+
     def encode(prompt: str) -> torch.Tensor:
-        tokens = tokenizer([prompt]).to(module_device(model))
+        tokens = tokenizer([prompt]).to(module_device(tower))
         return model.encode_text(tokens)[0]
 
     dim = getattr(model, "text_projection", None)
@@ -129,7 +137,10 @@ def _load_open_clip_state_dict(model, state_dict: dict, where: str) -> None:
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
     from open_clip.model import resize_text_pos_embed
 
-    sd = strip_prefix(state_dict, "module.")
+    # float32 first (the model is built in float32; published fine-tunes such as HPSv2 are fp16,
+    # and open_clip's position-embedding resize has no half-precision kernel on the CPU)
+    sd = {k: (v.float() if v.is_floating_point() else v)
+          for k, v in strip_prefix(state_dict, "module.").items()}
     sd = convert_state_dict(model, sd)
     if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
         sd = convert_to_custom_text_state_dict(sd)
@@ -140,8 +151,13 @@ def _load_open_clip_state_dict(model, state_dict: dict, where: str) -> None:
     if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
         sd["logit_bias"] = torch.zeros_like(model.logit_bias)
     sd.pop("text.transformer.embeddings.position_ids", None)
-    resize_pos_embed(sd, model)
-    resize_text_pos_embed(sd, model)
+    try:
+        resize_pos_embed(sd, model)
+        resize_text_pos_embed(sd, model)
+    except (AssertionError, RuntimeError, ValueError) as exc:  # widths differ: another architecture
+        raise WeightsFileError(
+            f"{where} does not match the chosen open_clip architecture ({exc}). Pick the "
+            f"architecture the checkpoint was trained with.") from None
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -191,10 +207,16 @@ def load_open_clip(arch: str, *, checkpoint: str | os.PathLike | None = None,
     return _bundle_open_clip(model, open_clip.get_tokenizer(arch), label, dtype)
 
 
+def _logit_scale(model) -> Optional[float]:
+    scale = getattr(model, "logit_scale", None)
+    return float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else None
+
+
 def _bundle_open_clip(model, tokenizer, label: str, dtype: torch.dtype) -> ClipBundle:
+    scale = _logit_scale(model)
     model = freeze(model.to(dtype=dtype))
     text = _open_clip_text(model, tokenizer, label) if hasattr(model, "encode_text") else None
-    return ClipBundle(label, OpenCLIPImageEncoder(model, label), text)
+    return ClipBundle(label, OpenCLIPImageEncoder(model, label), text, scale)
 
 
 # ----------------------------------------------------------------------------------- folders
@@ -262,6 +284,45 @@ def _hf_tokenizer(folder: Path, context_length: int):
     return tokenize
 
 
+#: weight files of a transformers folder, in the order they are looked for (an index lists shards)
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+
+
+def hf_folder_state_dict(folder: str | os.PathLike) -> dict:
+    """The state dict of a transformers model folder, read with :func:`load_weights_file`
+    (safetensors, or a weights-only pickle: a ``pytorch_model.bin`` carrying code is refused before
+    any of it runs). Sharded checkpoints (``*.index.json``) are merged."""
+    folder = Path(folder)
+    for name in HF_WEIGHTS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(extract_state_dict(load_weights_file(folder / shard), where=shard))
+            return state
+        return extract_state_dict(load_weights_file(path), where=str(path))
+    raise WeightsFileError(f"{folder} has {HF_CONFIG} but no weights beside it "
+                           f"(one of {', '.join(HF_WEIGHTS)})")
+
+
+def _hf_from_state_dict(cls, folder: Path, state: dict):
+    """``cls`` built from the folder's config with ``state`` (no second read of the weights)."""
+    config = cls.config_class.from_pretrained(str(folder), local_files_only=True)
+    state = {k: v for k, v in strip_prefix(state, "module.").items()
+             if not k.endswith("position_ids")}  # a buffer older checkpoints saved
+    model, info = cls.from_pretrained(None, config=config, state_dict=state,
+                                      output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith("position_ids")]
+    if missing:
+        raise WeightsFileError(f"the weights in {folder} do not match its {HF_CONFIG}: "
+                               f"{len(missing)} missing keys {sorted(missing)[:4]}")
+    return model.float()
+
+
 def _load_hf_clip(folder: Path, dtype: torch.dtype) -> ClipBundle:
     import transformers
 
@@ -269,13 +330,14 @@ def _load_hf_clip(folder: Path, dtype: torch.dtype) -> ClipBundle:
     model_type = config.get("model_type")
     label = folder.name
     if model_type == "clip":
-        model = transformers.CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        cls = transformers.CLIPModel
     elif model_type == "clip_vision_model":
-        model = transformers.CLIPVisionModelWithProjection.from_pretrained(
-            str(folder), local_files_only=True)
+        cls = transformers.CLIPVisionModelWithProjection
     else:
         raise WeightsFileError(f"{folder / HF_CONFIG} has model_type {model_type!r}; only CLIP "
                                f"models ('clip', 'clip_vision_model') can score images")
+    model = _hf_from_state_dict(cls, folder, hf_folder_state_dict(folder))
+    scale = _logit_scale(model)
     model = freeze(model.to(dtype=dtype))
     vcfg = model.config.vision_config if model_type == "clip" else model.config
     size, mean, std = _hf_preprocess(folder, vcfg.image_size)
@@ -295,4 +357,4 @@ def _load_hf_clip(folder: Path, dtype: torch.dtype) -> ClipBundle:
 
         text = TextEncoder(encode, text_projection.weight.shape[0], label,
                            modules=[text_model, text_projection])
-    return ClipBundle(label, image, text)
+    return ClipBundle(label, image, text, scale)

@@ -1,7 +1,8 @@
 """Differentiable image preprocessing shared by the scorers.
 
 ``resize_center_crop`` is CLIP's evaluation transform (resize the shorter side with bicubic
-antialiasing, then center crop), written with ``F.interpolate`` so the gradient reaches the pixels.
+antialiasing, then center crop, with torchvision's size and offset arithmetic), written with
+``F.interpolate`` so the gradient reaches the pixels.
 Unlike ComfyUI's ``clip_preprocess`` it does not quantize to 8 bits (``.round()`` has no gradient).
 An input already at ``size x size`` is passed through unchanged.
 """
@@ -31,10 +32,16 @@ def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    # torchvision's Resize(size) / CenterCrop(size) arithmetic (what CLIP, BLIP and ImageReward
+    # evaluate with): the longer side is truncated, the crop offset rounded
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True,
+                          align_corners=False)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return x[:, :, top:top + size, left:left + size]
 
 

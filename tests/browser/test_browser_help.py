@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import comfy_page, webdriver
-from tests.comfyui_env import require_comfyui
+from tests.comfyui_env import require_comfyui, unavailable
 from tests.help import help_pages as hp
 
 pytestmark = pytest.mark.comfyui
@@ -59,10 +59,10 @@ return {title: h1.innerText.trim(), header: Array.from(table.querySelectorAll('t
 def server():
     require_comfyui()
     if importlib.util.find_spec("comfyui_frontend_package") is None:
-        pytest.skip("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed")
+        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed")
     reason = webdriver.available()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     from tests.workflows.workflow_server import workflow_server
 
     return workflow_server(frontend="real")

@@ -7,7 +7,8 @@ pytestmark = pytest.mark.comfyui
 
 PACK_NODES = ["EDICTSampler", "EDICTInversion", "EDICTGenerate", "DOODLOptimize", "DOODLOneStepGuidance",
               "DOODLCLIPTextScorer", "DOODLCLIPImageScorer", "DOODLAestheticScorer", "DOODLWSDANScorer",
-              "DOODLSymmetryScorer", "DOODLCombineScorers"]
+              "DOODLSymmetryScorer", "DOODLCombineScorers", "DOODLPickScoreScorer", "DOODLHPSScorer",
+              "DOODLImageRewardScorer"]
 
 
 @pytest.fixture(scope="module")

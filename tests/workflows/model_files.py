@@ -23,6 +23,12 @@ file (under the temporary models root)             contents
                                                     (``module.``-prefixed ``state_dict``, 120 classes);
                                                     the Inception-v3 trunk has its fixed full size
 ``input/example.png``                               ComfyUI's own ``input/example.png`` (copied)
+``doodl/hps/HPS_v2.1_compressed.pt``                an HPS-layout checkpoint of open_clip ``ViT-S-32-alt``
+                                                    (the smallest built-in architecture; the CPU run
+                                                    sets the node's architecture to it)
+``doodl/imagereward/``                              ``ImageReward.pt`` + ``med_config.json`` +
+                                                    ``vocab.txt`` (tiny widths, published layout)
+``doodl/clip/PickScore_v1/``, ``.../CLIP-ViT-H-14-*/`` transformers ``CLIPModel`` folders (tiny towers)
 =================================================  ===================================================
 
 Measured on this 2-core machine (one torch thread): writing everything takes about 3 s (the CLIP-L
@@ -167,6 +173,20 @@ def write_wsdan(path: Path, num_classes: int = 120, seed: int = 5) -> Path:
     return path
 
 
+def write_preference_models(doodl_root: Path) -> None:
+    """The reward files of the preference workflow (``specs_rewards.py``), in published layouts."""
+    from tests.scorers import preference_files as pf
+    from tests.workflows import specs_rewards as sr
+
+    if not (doodl_root / "hps" / sr.HPS_FILE).is_file():
+        pf.write_hps(doodl_root / "hps" / sr.HPS_FILE, "ViT-S-32-alt", seed=30)
+    if not (doodl_root / "imagereward" / sr.IMAGEREWARD_FILE).is_file():
+        pf.write_imagereward(doodl_root / "imagereward", seed=31)
+    for i, name in enumerate((sr.PICKSCORE, sr.CLIP_H14)):
+        if not (doodl_root / "clip" / name / "config.json").is_file():
+            pf.write_hf_clip(doodl_root / "clip" / name.rstrip("/"), seed=32 + i)
+
+
 def write_input_image(input_dir: Path, comfyui_root: Path | None) -> Path:
     """ComfyUI's own ``input/example.png`` (a synthetic image only if the checkout lacks it)."""
     input_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +204,7 @@ def write_input_image(input_dir: Path, comfyui_root: Path | None) -> Path:
 
 
 def write_workflow_models(models_root: Path, input_dir: Path, comfyui_root: Path | None = None) -> WorkflowModels:
-    """Everything the workflows load, under ``models_root`` (+ the input image)."""
+    """Everything the example workflows load, under ``models_root`` (+ the input image)."""
     models_root = Path(models_root)
     ckpt = write_checkpoint(models_root / "checkpoints" / specs.CHECKPOINT)
     from tests.workflows.model_files_arch import write_arch_models  # SDXL / Flux workflows (issue 14)
@@ -198,5 +218,6 @@ def write_workflow_models(models_root: Path, input_dir: Path, comfyui_root: Path
     write_aesthetic_head(models_root / "doodl" / "aesthetic" / specs.AESTHETIC_HEAD)
     write_aesthetic_head(models_root / "doodl" / "aesthetic" / specs.AESTHETIC_HEAD_B32, dim=512, seed=7)
     write_wsdan(models_root / "doodl" / "wsdan" / specs.WSDAN_DOGS)
+    write_preference_models(models_root / "doodl")
     write_input_image(Path(input_dir), comfyui_root)
     return WorkflowModels(models_root, Path(input_dir), ckpt)

@@ -326,4 +326,5 @@ comparison = Workflow("doodl6_vs_baselines", "DOODL vs one-step guidance vs plai
 WORKFLOWS = [text_to_image, aesthetic_edit, personalization, fine_grained, inversion, comparison]
 
 from tests.workflows.specs_arch import ARCH_WORKFLOWS  # noqa: E402  (SDXL-Turbo / Flux / SDXL workflows)
-WORKFLOWS += ARCH_WORKFLOWS
+from tests.workflows.specs_rewards import WORKFLOWS as REWARD_WORKFLOWS  # noqa: E402  (doodl7, preference rewards)
+WORKFLOWS += REWARD_WORKFLOWS + ARCH_WORKFLOWS

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.workflows import specs
 from tests.workflows import workflow_tools as wt
 
 NAMES = wt.workflow_names()
@@ -23,6 +24,8 @@ WANTS = {
     "doodl4_fine_grained": {"DOODLOptimize", "DOODLWSDANScorer"},
     "doodl5_edict_inversion": {"EDICTInversion", "EDICTGenerate", "VAEDecode", "LoadImage"},
     "doodl6_vs_baselines": {"DOODLOptimize", "DOODLOneStepGuidance", "SamplerCustom"},
+    "doodl7_preference": {"DOODLOptimize", "DOODLHPSScorer", "DOODLImageRewardScorer", "DOODLPickScoreScorer",
+                          "DOODLCombineScorers", "DOODLAestheticScorer"},
     "doodl8_sdxl_turbo_few_step": {"DOODLOptimize", "SDTurboScheduler", "CheckpointLoaderSimple"},
     "doodl9_flux_schnell_4_step": {"DOODLOptimize", "UNETLoader", "DualCLIPLoader", "EmptySD3LatentImage"},
     "doodl10_edict_edit_sdxl_flux": {"EDICTInversion", "EDICTGenerate", "UNETLoader", "CheckpointLoaderSimple"},

@@ -13,7 +13,8 @@
   UI-format workflow (for the node features these workflows use: no subgraphs, no bypassed nodes,
   no frontend-only PrimitiveNode/Reroute), so a test can keep each pair in agreement.
 * ``apply_test_overrides(prompt)``: the ONLY changes the CPU tests make to an API twin (documented
-  in ``TEST_OVERRIDES``): fewer steps/iterations/crops and 64 px images, nothing else.
+  in ``TEST_OVERRIDES``): fewer steps/iterations/crops, 64 px images and a small open_clip
+  architecture for the HPS file, nothing else.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ TEST_OVERRIDES = {
     ("EmptySD3LatentImage", "height"): 64,
     ("ImageScale", "width"): 64,
     ("ImageScale", "height"): 64,
+    # the tiny HPS file is a small open_clip architecture (the published files are ViT-H-14)
+    ("DOODLHPSScorer", "architecture"): "ViT-S-32-alt",
 }
 #: WS-DAN runs a full-size Inception-v3 at 512 px (about 3.8 s per iteration on one CPU thread).
 WSDAN_ITERATIONS = 1
