@@ -19,8 +19,9 @@ Configurations (``--configs``; the issue's list):
 Each runs with two scorers: the CLIP text scorer and the aesthetic head (both on a ViT-L/14-sized
 CLIP image tower, transformers, random bf16 weights; 16 crops, each scorer's released crop
 reduction). Per run: seconds per iteration (median over the iterations after the first, which
-records the CUDA graphs), peak memory after the first iteration and including it, and the graph
-counters. Sections (``--sections``):
+records the CUDA graphs), the peak memory of the first iteration (graph capture included;
+``peak_incl_first``) and of the iterations after it (``steady_peak``), and the graph counters.
+Sections (``--sections``), run per configuration in the table's order:
 
 ``doodl``      the table above
 ``profile``    per configuration: one model call without grad, one with grad (forward + backward),
@@ -611,8 +612,12 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     configs = [c for c in args.configs.split(",") if c]
     scorers = [s for s in args.scorers.split(",") if s]
-    # one model at a time: every section of a configuration runs before the next model is built
-    for name in sorted(configs, key=lambda n: CONFIGS[n]["arch"]):
+    # one model at a time (every section of a configuration runs before the next model is built),
+    # in the table's order: the cheap SDXL-Turbo rows first, so a time budget cuts the big ones
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+    for name in sorted(configs, key=list(CONFIGS).index):
         for section in [s for s in args.sections.split(",") if s]:
             jobs = [None] if section in ("roundtrip", "graphs") else scorers
             if section in ("roundtrip", "graphs") and name == "sdxl_turbo_1":
