@@ -117,7 +117,7 @@ def test_node_help_reaches_the_frontend(browser):
 def test_template_browser_lists_the_workflows(browser, server, shots):
     listed = server.get_json("/workflow_templates").get(server.pack_name)
     assert sorted(listed or []) == NAMES
-    browser.set_window_size(1600, 1500)
+    browser.set_window_size(1600, 2400)  # tall enough to show every card (thumbnails load when visible)
     browser.run_async("await app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     pick = ("Array.from(document.querySelectorAll('.p-listbox-option'))"
             ".find((e) => e.textContent.trim() === arguments[0])")
