@@ -19,8 +19,9 @@ Configurations (``--configs``; the issue's list):
 Each runs with two scorers: the CLIP text scorer and the aesthetic head (both on a ViT-L/14-sized
 CLIP image tower, transformers, random bf16 weights; 16 crops, each scorer's released crop
 reduction). Per run: seconds per iteration (median over the iterations after the first, which
-records the CUDA graphs), peak memory after the first iteration and including it, and the graph
-counters. Sections (``--sections``):
+records the CUDA graphs), the peak memory of the first iteration (graph capture included;
+``peak_incl_first``) and of the iterations after it (``steady_peak``), and the graph counters.
+Sections (``--sections``), run per configuration in the table's order:
 
 ``doodl``      the table above
 ``profile``    per configuration: one model call without grad, one with grad (forward + backward),
@@ -28,10 +29,17 @@ counters. Sections (``--sections``):
                missed target can be explained (iteration ~ steps x calls + objective)
 ``roundtrip``  EDICT inversion -> generation round-trip error per architecture (float64 state; a
                float64 random latent and a float32-valued one, as a VAE gives)
+``graphs``     the recorded CUDA graphs against the eager call with the architecture's extra
+               conditioning (SDXL ADM, pooled vectors): no-grad replay difference (must be 0), the
+               gradient's relative difference, the graph counters
 
-Usage on the GPU machine (ComfyUI tree at ``--comfyui``; open_clip is not needed)::
+Usage on the GPU machine (ComfyUI tree at ``--comfyui``; open_clip is not needed), in two commands
+of under 10 minutes each::
 
-    python benchmarks/bench_arch.py --comfyui /path/to/ComfyUI --out $OUT
+    python benchmarks/bench_arch.py --comfyui /path/to/ComfyUI --out $OUT --tag fast \
+        --configs sdxl_turbo_1,sdxl_turbo_4,flux_schnell_4 --budget-s 480
+    python benchmarks/bench_arch.py --comfyui /path/to/ComfyUI --out $OUT --tag sd3 \
+        --configs sd3_medium_28 --iters 3 --budget-s 480
 
 ``--tiny`` runs every path on the CPU with the tiny test models (tests/comfy/tiny_models.py) at
 64x64, at most 3 steps, 2 crops (checks the code; the numbers mean nothing;
@@ -476,6 +484,49 @@ def profile_config(ctx: Context, name: str, scorer_name: str, reps: int) -> dict
     return out
 
 
+def graph_check(ctx: Context, name: str) -> dict:
+    """The recorded CUDA graphs against the eager call on this architecture's conditioning (SDXL's
+    ADM ``y``, the pooled ``y`` of SD3/Flux): without grad the replay must equal the eager call
+    bit for bit; with grad, the input gradient of the graphed call (bf16 weight copies for an
+    fp16 model) against eager autograd under bf16 autocast. Plus the graph counters (captures,
+    replays, fallbacks)."""
+    from doodl_nodes.bridge.chain import run_in_guider
+
+    c = ctx.config(name)
+    arch = c["arch"]
+    model = ctx.model(arch)
+    sigmas = make_sigmas(model, c["scheduler"], c["steps"])
+    side = ctx.latent_side(c["size"])
+    shape = (1, ARCH[arch]["channels"], side, side)
+    pos, neg = conditioning(arch, 1, c["size"], ctx.tiny), conditioning(arch, 2, c["size"], ctx.tiny)
+
+    def fn(chain):
+        x = chain.initial_latent(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+        s = chain.sigmas[0]
+        z_in, s_in = x.float(), s.reshape(1).float().expand(shape[0])
+        with torch.no_grad():
+            chain.denoise(x, s)                        # records
+            replay = chain.denoise(x, s)               # replays
+            eager = chain.call_model(z_in, s_in, False).double()
+        z = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g_graph,) = torch.autograd.grad(chain.denoise(z, s).sum(), z)
+            z2 = z_in.detach().requires_grad_(True)
+            (g_eager,) = torch.autograd.grad(chain.call_model(z2, s_in, True).float().sum(), z2)
+        g_eager = g_eager.double()
+        return {"nograd_max_abs_diff": float((replay - eager).abs().max()),
+                "grad_rel_diff": float((g_graph - g_eager).norm() / g_eager.norm()),
+                "graph_stats": dict(chain.graphs.stats) if chain.graphs is not None else None}
+
+    unload_all()
+    with torch.inference_mode():
+        out = run_in_guider(model, pos, neg, c["cfg"], sigmas, shape, fn, grad=True, precision="bf16")
+    out.update(config=name)
+    log(f"graphs {name}: nograd max |graph - eager| {out['nograd_max_abs_diff']:.3g}, grad rel "
+        f"{out['grad_rel_diff']:.3g}, counters {out['graph_stats']}")
+    return out
+
+
 def roundtrip(ctx: Context, name: str) -> dict:
     """EDICT inversion then generation of a random latent, float64 state (what EDICT Inversion and
     EDICT Generate do), on this configuration's model, sigmas and cfg."""
@@ -525,6 +576,10 @@ def summarize(data: dict) -> None:
             print(f"profile {p['config']} [{p['scorer']}]: nograd call {p['model_call_nograd_s']:.4f} s, grad call "
                   f"{p['model_call_grad_s']:.4f} s, objective {p['objective_s']:.4f} s -> predicted "
                   f"{p['predicted_iteration_s']:.3f} s/it ({p['model_calls_per_chain']} calls)")
+    for g in data.get("graphs", []):
+        if "error" not in g:
+            print(f"graphs {g['config']}: no-grad replay vs eager max abs {g['nograd_max_abs_diff']:.3g}, "
+                  f"grad rel {g['grad_rel_diff']:.3g}, counters {g['graph_stats']}")
     for r in data.get("roundtrip", []):
         if "error" not in r:
             print(f"round trip {r['config']} ({r['steps']} steps): float64 latent {r['float64_latent']:.2e}, "
@@ -537,7 +592,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", "/work/ComfyUI"))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--scorers", default=",".join(SCORERS))
-    ap.add_argument("--sections", default="doodl,profile,roundtrip")
+    ap.add_argument("--sections", default="graphs,doodl,profile,roundtrip")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=540.0, help="skip what starts after this many seconds")
@@ -550,17 +606,21 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cpu" if args.tiny else "cuda")
     ctx = Context(device, args.tiny, out_dir)
-    path = out_dir / f"bench_arch{'_tiny' if args.tiny else ''}.json"
+    path = out_dir / f"bench_arch{'_tiny' if args.tiny else ''}{'_' + args.tag if args.tag else ''}.json"
     data: dict = {"argv": sys.argv, "torch": torch.__version__, "skipped": [],
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.tiny else "cpu"}
     start = time.perf_counter()
     configs = [c for c in args.configs.split(",") if c]
     scorers = [s for s in args.scorers.split(",") if s]
-    # one model at a time: every section of a configuration runs before the next model is built
-    for name in sorted(configs, key=lambda n: CONFIGS[n]["arch"]):
+    # one model at a time (every section of a configuration runs before the next model is built),
+    # in the table's order: the cheap SDXL-Turbo rows first, so a time budget cuts the big ones
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; choose from {list(CONFIGS)}")
+    for name in sorted(configs, key=list(CONFIGS).index):
         for section in [s for s in args.sections.split(",") if s]:
-            jobs = [None] if section == "roundtrip" else scorers
-            if section == "roundtrip" and name == "sdxl_turbo_1":
+            jobs = [None] if section in ("roundtrip", "graphs") else scorers
+            if section in ("roundtrip", "graphs") and name == "sdxl_turbo_1":
                 continue   # the same model and schedule as sdxl_turbo_4
             for scorer in jobs:
                 key = f"{section}:{name}" + (f":{scorer}" if scorer else "")
@@ -574,6 +634,8 @@ def main(argv=None) -> dict:
                         row = profile_config(ctx, name, scorer, 1 if args.tiny else args.reps)
                     elif section == "roundtrip":
                         row = roundtrip(ctx, name)
+                    elif section == "graphs":
+                        row = graph_check(ctx, name)
                     else:
                         raise ValueError(f"unknown section {section}")
                 except Exception as exc:  # record it and go on

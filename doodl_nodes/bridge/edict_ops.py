@@ -10,7 +10,7 @@ import comfy.sample
 
 from ..core.edict import edict_invert, edict_sample, validate_chain
 from ..core.euler import euler_sample
-from .chain import ChainModel, model_fingerprint, model_input_scale, run_in_guider
+from .chain import ChainModel, model_fingerprint, model_input_float32, model_input_scale, run_in_guider
 from .edict_latent import EdictLatent
 from .progress import Progress
 
@@ -161,7 +161,7 @@ def sample_edict(model, x, sigmas, extra_args=None, callback=None, disable=None,
     last = {}
 
     def denoise(z, sigma):  # float32 model call, as ChainModel.denoise (same values for both nodes)
-        z_in = z.to(x.dtype)
+        z_in = model_input_float32(z).to(x.dtype) if z.dtype == torch.float64 else z.to(x.dtype)
         s_in = sigma.reshape(1).to(z_in.dtype).expand(z.shape[0])
         out = model(z_in, s_in, **extra_args)
         last["denoised"] = out

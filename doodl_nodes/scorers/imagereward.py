@@ -479,7 +479,8 @@ class ImageRewardScorer(PreferenceScorer):
                  name: Optional[str] = None):
         super().__init__(prompt, target, name, label=bundle.label)
         self.model = bundle.model
-        self.ids, self.mask = bundle.tokenizer(prompt)
+        with torch.inference_mode(False):  # ordinary tensors even when a node builds the scorer
+            self.ids, self.mask = bundle.tokenizer(prompt)
         self.input_size = bundle.model.visual_encoder.image_size
 
     def score_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ arrives point by point during the run (``data-monitor-points``), ends with one p
 (the final one included) equal to the server's ``doodl_monitor`` output, is drawn in its own
 colour on the canvas, and the summary names the monitor with its loss at the start, at the best
 iterate and at the end. Needs what ``test_browser_workflows.py`` needs; skips with the reason
-otherwise. Screenshot: ``live_view_monitor.png`` (``DOODL_UPDATE_SCREENSHOTS=1``: docs/screenshots).
+otherwise (fails under CI=true). Screenshot: ``live_view_monitor.png`` (``DOODL_UPDATE_SCREENSHOTS=1``: docs/screenshots).
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ return k;
 def server():
     require_comfyui()
     if importlib.util.find_spec("comfyui_frontend_package") is None:
-        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed")
+        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed: "
+                    "python tests/comfyui_bootstrap.py installs ComfyUI's requirements")
     reason = webdriver.available()
     if reason:
         unavailable(reason)

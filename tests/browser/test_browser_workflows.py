@@ -117,21 +117,25 @@ def test_node_help_reaches_the_frontend(browser):
 def test_template_browser_lists_the_workflows(browser, server, shots):
     listed = server.get_json("/workflow_templates").get(server.pack_name)
     assert sorted(listed or []) == NAMES
-    # tall enough for every card: the frontend loads a thumbnail only once its card is on screen,
-    # and its template dialog does not scroll cards into view (11 cards need four rows)
-    rows = -(-len(NAMES) // 3)
-    browser.set_window_size(1600, 400 + 410 * rows)
+    browser.set_window_size(1600, 2400)  # tall enough to show every card (thumbnails load when visible)
     browser.run_async("await app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     pick = ("Array.from(document.querySelectorAll('.p-listbox-option'))"
             ".find((e) => e.textContent.trim() === arguments[0])")
     browser.wait_for(f"return !!{pick}", server.pack_name, what="the pack's template category")
     browser.execute(f"{pick}.click()", server.pack_name)
+    # the frontend loads a card's thumbnail only while the card is in view (and drops it again when
+    # it scrolls away): collect the cards seen with a loaded thumbnail, scrolling to the next one
+    browser.execute("window.__doodlThumbs = {};")
     cards = browser.wait_for(
         "const cards = Array.from(document.querySelectorAll('[data-testid^=\"template-workflow-\"]'));"
-        "const ok = cards.map((c) => [c.dataset.testid.slice(18), !!c.querySelector('img') &&"
-        " c.querySelector('img').complete && c.querySelector('img').naturalWidth > 0]);"
-        "return ok.length && ok.every((x) => x[1]) ? ok : null", timeout=30, what="template cards with thumbnails")
+        "for (const c of cards) { const img = c.querySelector('img');"
+        " if (img && img.complete && img.naturalWidth > 0) window.__doodlThumbs[c.dataset.testid.slice(18)] = true; }"
+        "const waiting = cards.find((c) => !window.__doodlThumbs[c.dataset.testid.slice(18)]);"
+        "if (waiting) waiting.scrollIntoView({block: 'center'});"
+        "return cards.length && !waiting ? cards.map((c) => [c.dataset.testid.slice(18), true]) : null",
+        timeout=60, what="template cards with thumbnails")
     assert sorted(c[0] for c in cards) == NAMES
+    browser.execute("document.querySelector('[data-testid^=\"template-workflow-\"]').scrollIntoView({block: 'start'})")
     _save_png(browser.screenshot(), shots / "template_browser.png")
     browser.set_window_size(1600, 1000)
     # clicking a card loads that workflow
@@ -227,7 +231,9 @@ def test_live_view_updates_during_a_short_doodl_run(browser, server, shots):
         "for (let i = 3; i < d.length; i += 4) if (d[i] > 0) k++; return k;")
     assert drawn > 500, drawn
     # the server ran what the browser queued; the view shows the server's result
-    history = server.get_json("/history?max_items=1")
+    deadline = time.monotonic() + 120  # "done" comes from DOODL's own event; the prompt ends later
+    while not (history := server.get_json("/history?max_items=1")) and time.monotonic() < deadline:
+        time.sleep(0.25)
     (entry,) = history.values()
     assert entry["status"]["status_str"] == "success"
     (summary,) = [o["doodl_summary"][0] for o in entry["outputs"].values() if "doodl_summary" in o]

@@ -33,6 +33,10 @@ def test_bench_arch_tiny_runs_every_configuration(tmp_path):
     for p in data["profile"]:
         assert "error" not in p, p.get("error")
         assert p["model_call_grad_s"] > 0 and p["objective_s"] > 0 and p["predicted_iteration_s"] > 0
+    graphs = {g["config"]: g for g in data["graphs"]}
+    assert set(graphs) == {"sdxl_turbo_4", "flux_schnell_4", "sd3_medium_28"}
+    for g in graphs.values():   # on the CPU both paths are the eager call: identical
+        assert g["nograd_max_abs_diff"] == 0 and g["grad_rel_diff"] == 0 and g["graph_stats"] is None
     trips = {r["config"]: r for r in data["roundtrip"]}
     assert set(trips) == {"sdxl_turbo_4", "flux_schnell_4", "sd3_medium_28"}
     for r in trips.values():

@@ -134,8 +134,8 @@ def test_edict_on_few_step_schedules(turbo, schnell):
         with pytest.raises(ValueError, match="at least 2 sampling steps.*'euler'"):
             _doodl(setup, make(model, 1), kind, chain="edict")
         with torch.inference_mode():
-            out = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=1.0, sigmas=make(model, 2), seed=0, p=0.93, leapfrog=True,
-                                           latent=tiny_latent(kind))[0]["samples"]
+            out = EDICTGenerate().generate(model=model, positive=pos, negative=neg, cfg=1.0, sigmas=make(model, 2),
+                                           seed=0, p=0.93, leapfrog=True, latent=tiny_latent(kind))[0]["samples"]
         assert torch.isfinite(out).all()
     out = _doodl(schnell, _sgm_sigmas(schnell[0], 2), "flux_schnell", chain="edict", iterations=1)
     assert json.loads(out["result"][4])["status"] == "completed"

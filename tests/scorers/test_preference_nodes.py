@@ -68,10 +68,13 @@ def _grad_check(scorer, size=40):
 
 def _build(pn, files, goal="maximize", target=0.0):
     with torch.inference_mode():
-        pick = pn.DOODLPickScoreScorer().build(prompt=PROMPT, model="PickScore_v1/", goal=goal, target=target, precision="fp32")[0]
-        hps = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt", architecture=files["arch"], goal=goal,
-                                        target=target, precision="fp32")[0]
-        ir = pn.DOODLImageRewardScorer().build(prompt=PROMPT, checkpoint="ImageReward.pt", goal=goal, target=target, precision="fp32")[0]
+        pick = pn.DOODLPickScoreScorer().build(prompt=PROMPT, model="PickScore_v1/", goal=goal,
+                                               target=target, precision="fp32")[0]
+        hps = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt",
+                                        architecture=files["arch"], goal=goal, target=target,
+                                        precision="fp32")[0]
+        ir = pn.DOODLImageRewardScorer().build(prompt=PROMPT, checkpoint="ImageReward.pt", goal=goal,
+                                               target=target, precision="fp32")[0]
     return pick, hps, ir
 
 
@@ -117,8 +120,9 @@ def test_nodes_load_the_published_layouts_and_score(pn, files, models):
         torch.testing.assert_close(node_scorer.loss(x, NO_CROPS), -want[key])
         _grad_check(node_scorer)
     with torch.inference_mode():  # a target, and the Combine node with ReNO's weights
-        (hps_t,) = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt", architecture=files["arch"],
-                                             goal="target", target=0.3, precision="fp32")
+        (hps_t,) = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt",
+                                             architecture=files["arch"], goal="target", target=0.3,
+                                             precision="fp32")
         from doodl_nodes.nodes.scorer_nodes import DOODLCombineScorers
 
         (combo,) = DOODLCombineScorers().build(hps, 5.0, scorer_2=ir, weight_2=1.0,
@@ -146,16 +150,20 @@ def test_scorer_models_go_under_comfy_model_management(pn, files, models):
 def test_missing_files_and_bad_inputs_give_clear_errors(pn, files, models):
     with torch.inference_mode():
         with pytest.raises(FileNotFoundError, match="HPS_v2_compressed.pt.*xswu/HPSv2"):
-            pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2_compressed.pt", architecture=files["arch"], goal="maximize",
-                                      target=0.3, precision="fp32")
+            pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2_compressed.pt",
+                                      architecture=files["arch"], goal="maximize", target=0.3,
+                                      precision="fp32")
         with pytest.raises(ValueError, match="'prompt' is empty"):
-            pn.DOODLImageRewardScorer().build(prompt="  ", checkpoint="ImageReward.pt", goal="maximize", target=0.0, precision="fp32")
+            pn.DOODLImageRewardScorer().build(prompt="  ", checkpoint="ImageReward.pt",
+                                              goal="maximize", target=0.0, precision="fp32")
         (models / "imagereward" / "med_config.json").unlink()
         with pytest.raises(Exception, match="med_config.json.*THUDM/ImageReward"):
-            pn.DOODLImageRewardScorer().build(prompt=PROMPT, checkpoint="ImageReward.pt", goal="maximize", target=0.0, precision="fp32")
+            pn.DOODLImageRewardScorer().build(prompt=PROMPT, checkpoint="ImageReward.pt",
+                                              goal="maximize", target=0.0, precision="fp32")
         with pytest.raises(Exception, match="does not match the chosen open_clip architecture"):
-            pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt", architecture="ViT-B-32", goal="maximize",
-                                      target=0.3, precision="fp32")
+            pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt",
+                                      architecture="ViT-B-32", goal="maximize", target=0.3,
+                                      precision="fp32")
 
 
 def test_download_entry_fetches_into_the_models_folder(pn, files, models, monkeypatch):
@@ -164,8 +172,9 @@ def test_download_entry_fetches_into_the_models_folder(pn, files, models, monkey
     name = "HPS_v2_compressed.pt"
     monkeypatch.setitem(hps_module.HPS_FILES, name, files["hps"].resolve().as_uri())
     with torch.inference_mode():
-        (scorer,) = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint=f"download: {name}", architecture=files["arch"],
-                                              goal="maximize", target=0.3, precision="fp32")
+        (scorer,) = pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint=f"download: {name}",
+                                              architecture=files["arch"], goal="maximize",
+                                              target=0.3, precision="fp32")
     assert (models / "hps" / name).read_bytes() == files["hps"].read_bytes()
     assert "hps" in scorer.scores(torch.rand(1, 3, 32, 32))
 
@@ -184,12 +193,11 @@ def test_hostile_pickle_in_each_node_slot_is_refused(pn, files, models, tmp_path
     (models / "clip" / "PickScore_v1" / "model.safetensors").unlink()
     torch.save({"logit_scale": torch.zeros(()), "x": Payload()},
                models / "clip" / "PickScore_v1" / "pytorch_model.bin")
-    calls = [lambda: pn.DOODLHPSScorer().build(prompt=PROMPT, checkpoint="HPS_v2.1_compressed.pt", architecture=files["arch"],
-                                               goal="maximize", target=0.3, precision="bf16"),
-             lambda: pn.DOODLImageRewardScorer().build(prompt=PROMPT, checkpoint="ImageReward.pt", goal="maximize", target=0.0,
-                                                       precision="bf16"),
-             lambda: pn.DOODLPickScoreScorer().build(prompt=PROMPT, model="PickScore_v1/", goal="maximize", target=0.0,
-                                                     precision="bf16")]
+    common = dict(prompt=PROMPT, goal="maximize", target=0.0, precision="bf16")
+    calls = [lambda: pn.DOODLHPSScorer().build(checkpoint="HPS_v2.1_compressed.pt",
+                                               architecture=files["arch"], **common),
+             lambda: pn.DOODLImageRewardScorer().build(checkpoint="ImageReward.pt", **common),
+             lambda: pn.DOODLPickScoreScorer().build(model="PickScore_v1/", **common)]
     for call in calls:
         with torch.inference_mode(), pytest.raises(UnsafeWeightsError, match="refusing to load"):
             call()
