@@ -61,6 +61,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_doodl import build_tower  # noqa: E402  (the ViT-L/14-sized random image tower)
+
 GiB = 1024 ** 3
 
 CONFIGS = {
@@ -229,26 +232,6 @@ def build_vae(channels: int, device, tiny: bool):
     if vae.latent_channels != channels:
         raise RuntimeError(f"ComfyUI built a {vae.latent_channels}-channel VAE, expected {channels}")
     return vae
-
-
-def build_tower(device, tiny: bool):
-    """A ViT-L/14-sized CLIP image tower (transformers, random, bf16) as the pack's encoder."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from doodl_nodes.scorers.encoders import HFCLIPImageEncoder
-
-    if tiny:
-        cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=28, patch_size=14, projection_dim=768)
-    else:
-        cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                               num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
-    torch.manual_seed(0)
-    with torch.device(device):
-        tower = CLIPVisionModelWithProjection(cfg)
-    tower = tower.to(dtype=torch.float32 if tiny else torch.bfloat16).eval()
-    return HFCLIPImageEncoder(tower.vision_model, tower.visual_projection, cfg.image_size,
-                              label="ViT-L/14-sized (random)")
 
 
 def build_scorer(name: str, encoder, out_dir: Path):
@@ -431,7 +414,6 @@ def profile_config(ctx: Context, name: str, scorer_name: str, reps: int) -> dict
     """One model call without grad, one with grad (forward + backward to the latent), and the
     objective (decode + scorer, forward + backward), each as DOODL runs it (graphs on)."""
     from doodl_nodes.bridge.chain import run_in_guider
-    from doodl_nodes.bridge.doodl_run import DoodlRequest
     from doodl_nodes.bridge.scorer_models import patchers_for
     from doodl_nodes.bridge.vae import decode_differentiable
     from doodl_nodes.core.crops import CropConfig

@@ -226,12 +226,11 @@ def build_vae(device, seed: int = 1):
     return vae
 
 
-def build_scorer(device, tmp: Path, tiny: bool = False):
-    """AestheticScorer: ViT-L/14-sized CLIP image tower (random, bf16) + linear head via the loader."""
-    from safetensors.torch import save_file
+def build_tower(device, tiny: bool = False):
+    """A ViT-L/14-sized CLIP image tower (transformers, random weights; bf16, or fp32 when tiny) as
+    the pack's image encoder."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from doodl_nodes.scorers.aesthetic import AestheticScorer, load_aesthetic_head
     from doodl_nodes.scorers.encoders import HFCLIPImageEncoder
 
     if tiny:
@@ -242,14 +241,23 @@ def build_scorer(device, tmp: Path, tiny: bool = False):
                                num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
     torch.manual_seed(0)
     with torch.device(device):
-        model = CLIPVisionModelWithProjection(cfg)
-    model = model.to(dtype=torch.float32 if tiny else torch.bfloat16).eval()
+        tower = CLIPVisionModelWithProjection(cfg)
+    tower = tower.to(dtype=torch.float32 if tiny else torch.bfloat16).eval()
+    return HFCLIPImageEncoder(tower.vision_model, tower.visual_projection, cfg.image_size,
+                              label="ViT-L/14-sized (random)")
+
+
+def build_scorer(device, tmp: Path, tiny: bool = False):
+    """AestheticScorer: ViT-L/14-sized CLIP image tower (random, bf16) + linear head via the loader."""
+    from safetensors.torch import save_file
+
+    from doodl_nodes.scorers.aesthetic import AestheticScorer, load_aesthetic_head
+
+    encoder = build_tower(device, tiny)
     head_path = tmp / "bench_aesthetic_head_vit_l_14_linear.safetensors"
     g = torch.Generator().manual_seed(3)
     save_file({"weight": torch.randn(1, 768, generator=g) * 0.5, "bias": torch.tensor([5.0])}, str(head_path))
     head = load_aesthetic_head(head_path)
-    encoder = HFCLIPImageEncoder(model.vision_model, model.visual_projection, cfg.image_size,
-                                 label="ViT-L/14-sized (random)")
     return AestheticScorer(encoder, head, target=None, clamp=False)
 
 
