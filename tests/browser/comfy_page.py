@@ -135,3 +135,23 @@ def canvas_screenshot(browser, max_width: int | None = None, fmt: str = "PNG", q
     else:
         img.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def real_frontend_server():
+    """The test ComfyUI server with the real frontend (the ``comfyui-frontend-package`` wheel), or
+    give up through ``unavailable`` when ComfyUI, that wheel or chromium is missing."""
+    import importlib.util
+
+    from tests.browser import webdriver
+    from tests.comfyui_env import require_comfyui, unavailable
+
+    require_comfyui()
+    if importlib.util.find_spec("comfyui_frontend_package") is None:
+        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed: "
+                    "python tests/comfyui_bootstrap.py installs ComfyUI's requirements")
+    reason = webdriver.available()
+    if reason:
+        unavailable(reason)
+    from tests.workflows.workflow_server import workflow_server
+
+    return workflow_server(frontend="real")

@@ -13,7 +13,6 @@ and skips with the reason otherwise.
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser import comfy_page, webdriver
-from tests.comfyui_env import require_comfyui, unavailable
 from tests.help import help_pages as hp
 
 pytestmark = pytest.mark.comfyui
@@ -57,15 +55,7 @@ return {title: h1.innerText.trim(), header: Array.from(table.querySelectorAll('t
 
 @pytest.fixture(scope="module")
 def server():
-    require_comfyui()
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
-        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed")
-    reason = webdriver.available()
-    if reason:
-        unavailable(reason)
-    from tests.workflows.workflow_server import workflow_server
-
-    return workflow_server(frontend="real")
+    return comfy_page.real_frontend_server()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ otherwise (fails under CI=true). Screenshot: ``live_view_monitor.png`` (``DOODL_
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser import comfy_page, webdriver
-from tests.comfyui_env import require_comfyui, unavailable
 from tests.workflows import workflow_tools as wt
 
 pytestmark = pytest.mark.comfyui
@@ -60,16 +58,7 @@ return k;
 
 @pytest.fixture(scope="module")
 def server():
-    require_comfyui()
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
-        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed: "
-                    "python tests/comfyui_bootstrap.py installs ComfyUI's requirements")
-    reason = webdriver.available()
-    if reason:
-        unavailable(reason)
-    from tests.workflows.workflow_server import workflow_server
-
-    return workflow_server(frontend="real")
+    return comfy_page.real_frontend_server()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ Screenshots of each step go to ``$DOODL_SCREENSHOT_DIR`` (default: a pytest temp
 """
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -27,7 +26,6 @@ import pytest
 
 from tests.browser import comfy_page
 from tests.browser import webdriver
-from tests.comfyui_env import require_comfyui, unavailable
 from tests.workflows import workflow_tools as wt
 
 pytestmark = pytest.mark.comfyui
@@ -41,16 +39,7 @@ KNOWN_FRONTEND_STARTUP_ERROR = "Cannot read properties of undefined (reading 'id
 
 @pytest.fixture(scope="module")
 def server():
-    require_comfyui()
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
-        unavailable("comfyui_frontend_package (the web UI wheel ComfyUI serves) is not installed: "
-                    "python tests/comfyui_bootstrap.py installs ComfyUI's requirements")
-    reason = webdriver.available()
-    if reason:
-        unavailable(reason)
-    from tests.workflows.workflow_server import workflow_server
-
-    return workflow_server(frontend="real")
+    return comfy_page.real_frontend_server()
 
 
 @pytest.fixture(scope="module")
