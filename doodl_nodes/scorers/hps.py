@@ -21,10 +21,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .base import plain_tensor
 from .clip_models import ClipBundle, load_open_clip
 from .encoders import ImageEncoder
-from .preference import PreferenceScorer, resize_longest_pad
+from .preference import PreferenceScorer, unit_text_embedding, resize_longest_pad
 
 __all__ = ["HPSScorer", "load_hps", "HPS_ARCH", "HPS_FILES", "HPS_SOURCE"]
 
@@ -50,12 +49,8 @@ class HPSScorer(PreferenceScorer):
     def __init__(self, image_encoder: ImageEncoder, text_embedding: torch.Tensor, prompt: str,
                  target: Optional[float] = None, name: Optional[str] = None):
         super().__init__(prompt, target, name, label=image_encoder.label)
-        emb = torch.as_tensor(text_embedding).detach().float().reshape(-1)
-        if emb.numel() != image_encoder.embed_dim:
-            raise ValueError(f"the text embedding has {emb.numel()} dims but the image encoder "
-                             f"{image_encoder.label} gives {image_encoder.embed_dim}")
         self.encoder = image_encoder
-        self.text = plain_tensor(F.normalize(emb, dim=-1))
+        self.text = unit_text_embedding(text_embedding, image_encoder)
         self.input_size = image_encoder.image_size
 
     @classmethod

@@ -19,10 +19,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .base import plain_tensor
 from .clip_models import ClipBundle, load_clip_folder
 from .encoders import ImageEncoder, TextEncoder
-from .preference import PreferenceScorer
+from .preference import PreferenceScorer, unit_text_embedding
 from .weights import WeightsFileError
 
 __all__ = ["PickScoreScorer", "load_pickscore", "PICKSCORE_REPO", "PICKSCORE_FOLDER",
@@ -56,12 +55,8 @@ class PickScoreScorer(PreferenceScorer):
         if score_name:
             self.score_name = score_name
         super().__init__(prompt, target, name, label=image_encoder.label)
-        emb = torch.as_tensor(text_embedding).detach().float().reshape(-1)
-        if emb.numel() != image_encoder.embed_dim:
-            raise ValueError(f"the text embedding has {emb.numel()} dims but the image encoder "
-                             f"{image_encoder.label} gives {image_encoder.embed_dim}")
         self.encoder = image_encoder
-        self.text = plain_tensor(F.normalize(emb, dim=-1))
+        self.text = unit_text_embedding(text_embedding, image_encoder)
         self.logit_scale = float(logit_scale)
         self.input_size = image_encoder.image_size
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.crops import CropConfig
-from .base import DEFAULT_CROPS, CropScorer, check_images, unique
+from .base import DEFAULT_CROPS, CropScorer, check_images, plain_tensor, unique
 from .preprocess import resize_center_crop
 
-__all__ = ["PreferenceScorer", "resize_longest_pad", "GOALS"]
+__all__ = ["PreferenceScorer", "resize_longest_pad", "unit_text_embedding", "GOALS"]
 
 GOALS = ("maximize", "target")
 
@@ -48,6 +48,15 @@ def resize_longest_pad(images: torch.Tensor, size: int, fill: float = 0.0) -> to
     if pad_h or pad_w:
         x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=fill)
     return x
+
+
+def unit_text_embedding(text_embedding, image_encoder) -> torch.Tensor:
+    """A prompt's embedding as a flat unit vector, checked against the image encoder's width."""
+    emb = torch.as_tensor(text_embedding).detach().float().reshape(-1)
+    if emb.numel() != image_encoder.embed_dim:
+        raise ValueError(f"the text embedding has {emb.numel()} dims but the image encoder "
+                         f"{image_encoder.label} gives {image_encoder.embed_dim}")
+    return plain_tensor(F.normalize(emb, dim=-1))
 
 
 class PreferenceScorer(CropScorer):
