@@ -10,6 +10,7 @@ import torch
 
 from doodl_nodes.core.crops import CropConfig
 from tests.scorers import preference_files as pf
+from tests.scorers.test_scorer_nodes import _grad_check  # as DOODL Optimize runs a scorer
 
 pytestmark = pytest.mark.comfyui
 
@@ -51,19 +52,6 @@ def models(pn, files, tmp_path, monkeypatch):
     shutil.copy(files["hps"], root / "hps" / "HPS_v2.1_compressed.pt")
     shutil.copytree(files["ir"], root / "imagereward", dirs_exist_ok=True)
     return root
-
-
-def _grad_check(scorer, size=40):
-    """As DOODL Optimize runs a scorer: autograd-safe weights, the loss outside inference mode."""
-    from doodl_nodes.bridge.autograd import make_autograd_safe
-
-    with torch.inference_mode(False), torch.enable_grad():
-        make_autograd_safe(scorer.modules())
-        x = torch.rand(2, 3, size, size, requires_grad=True)
-        loss = scorer.loss(x, CropConfig(num_crops=2), torch.Generator().manual_seed(0))
-        loss.sum().backward()
-    assert loss.shape == (2,) and torch.isfinite(loss).all()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def _build(pn, files, goal="maximize", target=0.0):
