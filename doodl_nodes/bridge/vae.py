@@ -37,14 +37,26 @@ def check_vae_matches(vae, latent_format, what: str = "vae") -> None:
 
 
 def _checkpoint_targets(decoder: torch.nn.Module) -> list[torch.nn.Module]:
-    targets = []
+    """The modules the decoder's ``forward`` calls one after the other: ``mid.block_1``,
+    ``mid.attn_1``, ``mid.block_2``, every ``up[i].block[j]`` / ``up[i].attn[j]`` and the
+    ``up[i].upsample`` layers (ComfyUI's ``Decoder.forward`` calls these, never ``mid`` or a
+    ``ModuleList`` itself: patching those would checkpoint nothing)."""
+    targets: list[torch.nn.Module] = []
+
+    def add(container: torch.nn.Module) -> None:
+        for child in container.children():
+            if isinstance(child, torch.nn.ModuleList):
+                targets.extend(m for m in child if any(True for _ in m.parameters()))
+            elif any(True for _ in child.parameters()):
+                targets.append(child)
+
     mid = getattr(decoder, "mid", None)
     if isinstance(mid, torch.nn.Module):
-        targets.append(mid)
+        add(mid)
     up = getattr(decoder, "up", None)
     if isinstance(up, torch.nn.ModuleList):
-        for block in up:
-            targets.extend(m for m in block.children() if isinstance(m, torch.nn.Module))
+        for level in up:
+            add(level)
     if not targets:  # unknown decoder layout: checkpoint its top-level children
         targets = [m for m in decoder.children() if any(True for _ in m.parameters())]
     return targets
