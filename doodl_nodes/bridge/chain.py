@@ -30,6 +30,7 @@ import comfy.samplers
 from .autograd import clone_tensor_tree, make_autograd_safe
 from .cuda_graphs import GraphedGuider, cuda_graphs_enabled, graph_blockers, torch_compile_enabled
 from .inplace_blocks import add_differentiable_blocks
+from .model_checkpointing import add_model_checkpointing
 from .safety import check_exactness_safe, check_gradient_safe, differentiable_attention_override
 
 __all__ = ["ChainModel", "model_input_scale", "model_input_float32", "run_in_guider", "PRECISIONS",
@@ -212,7 +213,8 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
                   grad: bool = False, precision: str = "bf16", extra_patchers: Sequence = (),
                   extra_modules: Sequence[torch.nn.Module] = (), seed: int = 0,
                   what: str = "EDICT", cuda_graphs: Optional[bool] = None,
-                  torch_compile: Optional[bool] = None, bf16_copies: bool = True) -> Any:
+                  torch_compile: Optional[bool] = None, bf16_copies: bool = True,
+                  model_checkpointing: bool = False) -> Any:
     """Call ``fn(chain)`` inside ComfyUI's guider for ``model`` and return what it returns.
 
     ``latent_shape`` is the model-space latent shape (used by the guider for memory estimates and
@@ -226,13 +228,20 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
     the graphs (None: ``DOODL_TORCH_COMPILE``, default off); used only together with the graphs.
     ``bf16_copies``: let the gradient graphs of an fp16/fp32 model run from bf16 copies of its
     weights (faster; 2 bytes per parameter more) instead of under bf16 autocast.
+    ``model_checkpointing`` (with ``grad``): the diffusion model's blocks recompute their
+    activations in the backward pass (``model_checkpointing.py``); the calls then run eagerly.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     (check_gradient_safe if grad else check_exactness_safe)(model, what)
     mp = model.clone()
     if grad:  # Flux: its blocks' in-place residual adds break autograd (inplace_blocks.py)
-        add_differentiable_blocks(mp)
+        add_differentiable_blocks(mp, checkpoint=model_checkpointing)
+        if model_checkpointing:
+            add_model_checkpointing(mp)
+            if cuda_graphs_enabled(cuda_graphs):
+                log.info("DOODL: CUDA graphs off for this run: the model's blocks are checkpointed")
+            cuda_graphs = False
     if grad and precision == "fp32" and mp.model_dtype() != torch.float32:
         mp.set_model_compute_dtype(torch.float32)
     override = differentiable_attention_override() if grad else None

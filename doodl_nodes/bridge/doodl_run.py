@@ -320,7 +320,8 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
         result, final, best, pair, noise = run_in_guider(
             model, positive, negative, cfg, sigmas, plan.shape, fn, grad=True, precision=request.precision,
             extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL",
-            bf16_copies=plan.memory.bf16_copies, cuda_graphs=plan.memory.cuda_graphs)
+            bf16_copies=plan.memory.bf16_copies, cuda_graphs=plan.memory.cuda_graphs,
+            model_checkpointing=plan.memory.model_checkpointing)
     finally:
         objective.images = None
     return _outputs(result, reporter, request, final, best, pair, noise, plan.memory)

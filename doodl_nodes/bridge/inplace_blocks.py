@@ -19,9 +19,12 @@ Flux block (or overrides its ``forward``) are not replaced, and a model with mod
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
+
+from .model_checkpointing import checkpointed
 
 __all__ = ["differentiable_flux_blocks", "add_differentiable_blocks", "flux_block_classes",
            "ModelNotDifferentiable", "explain_inplace_error"]
@@ -96,28 +99,40 @@ def _single_forward(block, x, vec, pe, attn_mask=None, transformer_options={}):
     return x
 
 
-def _double_patch(block):
+def _double_patch(block, checkpoint: bool = False):
+    forward = functools.partial(_double_forward, block)
+    if checkpoint:
+        forward = checkpointed(forward)
+
     def replace(args, extra):
-        img, txt = _double_forward(block, args["img"], args["txt"], args["vec"], args["pe"],
-                                   args.get("attn_mask"), args.get("transformer_options") or {})
+        img, txt = forward(args["img"], args["txt"], args["vec"], args["pe"], args.get("attn_mask"),
+                           args.get("transformer_options") or {})
         return {"img": img, "txt": txt}
 
     replace.doodl_differentiable = True
+    replace.doodl_checkpointed = checkpoint
     return replace
 
 
-def _single_patch(block):
+def _single_patch(block, checkpoint: bool = False):
+    forward = functools.partial(_single_forward, block)
+    if checkpoint:
+        forward = checkpointed(forward)
+
     def replace(args, extra):
-        return {"img": _single_forward(block, args["img"], args["vec"], args["pe"], args.get("attn_mask"),
-                                       args.get("transformer_options") or {})}
+        return {"img": forward(args["img"], args["vec"], args["pe"], args.get("attn_mask"),
+                               args.get("transformer_options") or {})}
 
     replace.doodl_differentiable = True
+    replace.doodl_checkpointed = checkpoint
     return replace
 
 
-def differentiable_flux_blocks(diffusion_model) -> dict:
+def differentiable_flux_blocks(diffusion_model, checkpoint: bool = False) -> dict:
     """``{("double_block" | "single_block", i): replacement}`` for the Flux blocks of
-    ``diffusion_model`` that are ComfyUI's own classes ({} for any other model)."""
+    ``diffusion_model`` that are ComfyUI's own classes ({} for any other model). ``checkpoint``:
+    the replacements run under activation checkpointing on passes with gradients
+    (``model_checkpointing.py``)."""
     classes = flux_block_classes()
     if classes is None:
         return {}
@@ -127,15 +142,16 @@ def differentiable_flux_blocks(diffusion_model) -> dict:
                                   ("single_blocks", single_cls, _single_patch, "single_block")):
         for i, block in enumerate(getattr(diffusion_model, name, None) or []):
             if type(block).forward is cls.forward and isinstance(block, cls):
-                out[(kind, i)] = make(block)
+                out[(kind, i)] = make(block, checkpoint)
     return out
 
 
-def add_differentiable_blocks(model_patcher) -> int:
+def add_differentiable_blocks(model_patcher, checkpoint: bool = False) -> int:
     """Set the replacements on ``model_patcher`` (a clone the caller owns) for the blocks nothing
-    else replaces yet; returns how many were set."""
+    else replaces yet; returns how many were set. ``checkpoint``: see
+    :func:`differentiable_flux_blocks`."""
     dm = model_patcher.get_model_object("diffusion_model")
-    blocks = differentiable_flux_blocks(dm)
+    blocks = differentiable_flux_blocks(dm, checkpoint)
     if not blocks:
         return 0
     taken = (model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})

@@ -6,15 +6,19 @@ plus what its loaded models hold (it unloads them on demand), less the user's ``
 While the estimate does not fit, the savings below are switched on, in this order (measured on an
 H200, SD1.5 512², T=50, the paper's aesthetic objective; benchmarks/RESULTS.md, "memory model"):
 
-1. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
+1. ``decoder checkpointing``: the VAE decoder keeps only each layer's input and recomputes its
+   layers in the backward pass: the same values (until 2026-12-02 this patched containers the
+   decoder never calls and saved 0.25 GiB; see RESULTS.md for the corrected measurement);
+2. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
    backward pass): the same loss and gradient; saved 4.7 of 15.2 GiB, cost +18 % time;
-2. ``decoder checkpointing``: the VAE decoder recomputes its blocks in the backward pass: the same
-   values; saved 0.25 GiB, no measurable time;
 3. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
    instead of both: a different (but also the paper's) objective; saved 2.6 GiB, no time;
 4. ``no CUDA graphs``: the model runs eagerly; the graphs' private memory pools (and the bf16
    weight copies the gradient graphs run from) are not made; saved 3.5 GiB of reserved memory,
-   4.4x slower.
+   4.4x slower;
+5. ``model checkpointing``: the diffusion model's blocks keep only their inputs and recompute
+   their activations in the backward pass (``model_checkpointing.py``): the same values, one
+   more forward per call with gradients.
 
 Dropping only the bf16 weight copies is not a saving while graphs are on: the gradient graph then
 casts the weights under autocast inside its own pool (measured: 0.5 GiB more reserved memory).
@@ -54,6 +58,8 @@ DECODE_BYTES = 7.6e3
 DECODE_CKPT_FRACTION = 0.96
 #: scorer activations kept per back-propagated crop, bytes per scorer parameter
 SCORER_BYTES_PER_PARAM = 0.7
+#: one call's activations with the model's blocks checkpointed, as a fraction of the plain call
+MODEL_CKPT_FRACTION = 0.3
 #: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state (the terms
 #: above already model reserved memory: the SD1.5 estimates were within 3 % of the measured peaks)
 SLACK = 1.0
@@ -75,6 +81,7 @@ class MemoryNeeds:
     crops: int                      # crops per image
     crops_with_grad: int            # crops per image whose activations are kept for backward
     decoder_checkpointing: bool
+    model_checkpointing: bool = False
 
 
 @dataclass
@@ -87,6 +94,7 @@ class MemoryPlan:
     score_images: Optional[str] = None  # None: as requested
     bf16_copies: bool = True
     cuda_graphs: Optional[bool] = None  # False: the plan turned CUDA graphs off; None: as configured
+    model_checkpointing: bool = False
 
     def report(self) -> dict:
         gib = (lambda v: None if v is None else round(v / GIB, 2))
@@ -97,6 +105,8 @@ class MemoryPlan:
 def estimate(n: MemoryNeeds) -> int:
     """Estimated peak reserved bytes of one DOODL iteration (see the module docstring)."""
     call = CALL_BYTES * n.latent_numel * n.cfg_batch * (max(n.unet_params, 1) / 1e9) ** CALL_PARAM_POWER
+    if n.model_checkpointing:
+        call *= MODEL_CKPT_FRACTION
     graphs = (GRAPH_POOL_CALLS * call + (2 * n.unet_params if n.bf16_copies else 0)) if n.cuda_graphs else 0
     decode = DECODE_BYTES * n.image_pixels * n.images
     if n.decoder_checkpointing:
@@ -120,18 +130,23 @@ def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduct
     plan = MemoryPlan(available=available, decoder_checkpointing=needs.decoder_checkpointing,
                       bf16_copies=needs.bf16_copies)
     steps = []
-    if reduction_keeps_all and needs.crops_with_grad > CROP_CHUNK:
-        steps.append(("crop chunks", lambda n: _replace(n, crops_with_grad=CROP_CHUNK),
-                      lambda p: setattr(p, "crop_chunk", CROP_CHUNK)))
     if not needs.decoder_checkpointing:
         steps.append(("decoder checkpointing", lambda n: _replace(n, decoder_checkpointing=True),
                       lambda p: setattr(p, "decoder_checkpointing", True)))
+    if reduction_keeps_all and needs.crops_with_grad > CROP_CHUNK:
+        steps.append(("crop chunks", lambda n: _replace(n, crops_with_grad=CROP_CHUNK),
+                      lambda p: setattr(p, "crop_chunk", CROP_CHUNK)))
     if score_images == "both" and needs.images % 2 == 0:
         steps.append(("one scored image", lambda n: _replace(n, images=n.images // 2),
                       lambda p: setattr(p, "score_images", "x")))
     if needs.cuda_graphs:
         steps.append(("no CUDA graphs", lambda n: _replace(n, cuda_graphs=False, bf16_copies=False),
                       lambda p: (setattr(p, "cuda_graphs", False), setattr(p, "bf16_copies", False))))
+    if not needs.model_checkpointing:  # after "no CUDA graphs": checkpointed calls run eagerly
+        steps.append(("model checkpointing",
+                      lambda n: _replace(n, model_checkpointing=True, cuda_graphs=False, bf16_copies=False),
+                      lambda p: (setattr(p, "model_checkpointing", True), setattr(p, "cuda_graphs", False),
+                                 setattr(p, "bf16_copies", False))))
     current = needs
     plan.estimate = estimate(current)
     for name, change_needs, change_plan in steps:
