@@ -18,6 +18,7 @@ import torch
 
 import comfy.model_management
 
+from ..core.checkpointing import checkpointed_blocks
 from ..core.crops import CropConfig
 from ..core.optimize import DoodlConfig, DoodlResult, IterationInfo, doodl_optimize
 from .chain import ChainModel, cuda_graphs_enabled, model_fingerprint, run_in_guider
@@ -171,6 +172,7 @@ class DecodeObjective:
         memory = plan.memory
         self.crops = replace(request.crops, chunk=memory.crop_chunk or request.crops.chunk)
         self.checkpoint = request.decoder_checkpointing or memory.decoder_checkpointing
+        self.scorer_checkpointing = memory.scorer_checkpointing
         self.score_images = memory.score_images or plan.score_images
         self.images: Optional[torch.Tensor] = None
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
@@ -178,7 +180,8 @@ class DecodeObjective:
     def __call__(self, x0, y0):
         lat = _scored_latents(x0, y0, self.score_images)
         images = decode_differentiable(self.vae, self.latent_format, lat, checkpoint=self.checkpoint)
-        loss = self.scorer.loss(images, self.crops, self.generator)
+        with checkpointed_blocks(self.scorer.modules(), self.scorer_checkpointing):
+            loss = self.scorer.loss(images, self.crops, self.generator)
         self.images = images.detach()
         n = 2 if self.score_images == "both" else 1
         return loss.reshape(n, -1).mean(0).sum()

@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-from .model_checkpointing import checkpointed
+from ..core.checkpointing import checkpointed
 
 __all__ = ["differentiable_flux_blocks", "add_differentiable_blocks", "flux_block_classes",
            "ModelNotDifferentiable", "explain_inplace_error"]

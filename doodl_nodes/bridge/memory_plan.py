@@ -9,14 +9,17 @@ H200, SD1.5 512², T=50, the paper's aesthetic objective; benchmarks/RESULTS.md,
 1. ``decoder checkpointing``: the VAE decoder keeps only each layer's input and recomputes its
    layers in the backward pass: the same values (until 2026-12-02 this patched containers the
    decoder never calls and saved 0.25 GiB; see RESULTS.md for the corrected measurement);
-2. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
+2. ``scorer checkpointing``: the scorer networks' transformer layers keep only their inputs and
+   recompute their activations in the backward pass (``core/checkpointing.py``): the same values,
+   one more scorer forward;
+3. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
    backward pass): the same loss and gradient; saved 4.7 of 15.2 GiB, cost +18 % time;
-3. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
+4. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
    instead of both: a different (but also the paper's) objective; saved 2.6 GiB, no time;
-4. ``no CUDA graphs``: the model runs eagerly; the graphs' private memory pools (and the bf16
+5. ``no CUDA graphs``: the model runs eagerly; the graphs' private memory pools (and the bf16
    weight copies the gradient graphs run from) are not made; saved 3.5 GiB of reserved memory,
    4.4x slower;
-5. ``model checkpointing``: the diffusion model's blocks keep only their inputs and recompute
+6. ``model checkpointing``: the diffusion model's blocks keep only their inputs and recompute
    their activations in the backward pass (``model_checkpointing.py``): the same values, one
    more forward per call with gradients.
 
@@ -58,6 +61,8 @@ DECODE_BYTES = 7.6e3
 DECODE_CKPT_FRACTION = 0.96
 #: scorer activations kept per back-propagated crop, bytes per scorer parameter
 SCORER_BYTES_PER_PARAM = 0.7
+#: scorer activations with its layers checkpointed, as a fraction of the plain ones
+SCORER_CKPT_FRACTION = 0.15
 #: one call's activations with the model's blocks checkpointed, as a fraction of the plain call
 MODEL_CKPT_FRACTION = 0.3
 #: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state (the terms
@@ -82,6 +87,7 @@ class MemoryNeeds:
     crops_with_grad: int            # crops per image whose activations are kept for backward
     decoder_checkpointing: bool
     model_checkpointing: bool = False
+    scorer_checkpointing: bool = False
 
 
 @dataclass
@@ -95,6 +101,7 @@ class MemoryPlan:
     bf16_copies: bool = True
     cuda_graphs: Optional[bool] = None  # False: the plan turned CUDA graphs off; None: as configured
     model_checkpointing: bool = False
+    scorer_checkpointing: bool = False
 
     def report(self) -> dict:
         gib = (lambda v: None if v is None else round(v / GIB, 2))
@@ -112,6 +119,8 @@ def estimate(n: MemoryNeeds) -> int:
     if n.decoder_checkpointing:
         decode *= DECODE_CKPT_FRACTION
     scorer = SCORER_BYTES_PER_PARAM * n.scorer_params * n.crops_with_grad * n.images
+    if n.scorer_checkpointing:
+        scorer *= SCORER_CKPT_FRACTION
     return int(SLACK * (n.weights + call + graphs + decode + scorer))
 
 
@@ -128,11 +137,15 @@ def available_memory(device: torch.device) -> int:
 def plan_memory(needs: MemoryNeeds, available: int, *, score_images: str, reduction_keeps_all: bool) -> MemoryPlan:
     """Switch savings on, in the documented order, until the estimate fits ``available``."""
     plan = MemoryPlan(available=available, decoder_checkpointing=needs.decoder_checkpointing,
-                      bf16_copies=needs.bf16_copies)
+                      bf16_copies=needs.bf16_copies, scorer_checkpointing=needs.scorer_checkpointing,
+                      model_checkpointing=needs.model_checkpointing)
     steps = []
     if not needs.decoder_checkpointing:
         steps.append(("decoder checkpointing", lambda n: _replace(n, decoder_checkpointing=True),
                       lambda p: setattr(p, "decoder_checkpointing", True)))
+    if not needs.scorer_checkpointing:
+        steps.append(("scorer checkpointing", lambda n: _replace(n, scorer_checkpointing=True),
+                      lambda p: setattr(p, "scorer_checkpointing", True)))
     if reduction_keeps_all and needs.crops_with_grad > CROP_CHUNK:
         steps.append(("crop chunks", lambda n: _replace(n, crops_with_grad=CROP_CHUNK),
                       lambda p: setattr(p, "crop_chunk", CROP_CHUNK)))

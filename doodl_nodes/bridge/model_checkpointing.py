@@ -24,12 +24,11 @@ the saving the plan counted on.
 from __future__ import annotations
 
 import logging
-from typing import Callable
-
 import torch
-import torch.utils.checkpoint
 
-__all__ = ["checkpoint_targets", "add_model_checkpointing", "checkpointed", "ModelNotCheckpointable"]
+from ..core.checkpointing import checkpointed
+
+__all__ = ["checkpoint_targets", "add_model_checkpointing", "ModelNotCheckpointable"]
 
 log = logging.getLogger("doodl")
 
@@ -39,28 +38,6 @@ _DIT_LISTS = ("joint_blocks",)
 
 class ModelNotCheckpointable(ValueError):
     """The diffusion model has no block layout the pack knows how to checkpoint."""
-
-
-def _snapshot(value):
-    # ComfyUI's UNet writes the current block's index into ``transformer_options`` while it runs;
-    # the recomputation in the backward pass must see the dict as it was at this block's forward
-    return dict(value) if isinstance(value, dict) else value
-
-
-def checkpointed(forward: Callable) -> Callable:
-    """``forward`` run under ``torch.utils.checkpoint`` when it builds an autograd graph (grad mode
-    on and an input that requires grad), plainly otherwise (no-grad passes pay nothing)."""
-
-    def run(*args, **kwargs):
-        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad
-                                           for a in (*args, *kwargs.values())):
-            args = tuple(_snapshot(a) for a in args)
-            kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
-            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-
-    run.doodl_checkpointed = True
-    return run
 
 
 def checkpoint_targets(diffusion_model: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -31,20 +31,22 @@ def test_choices_come_in_order_until_the_estimate_fits():
     full = estimate(needs)
     kw = dict(score_images="both", reduction_keeps_all=True)
     assert plan_memory(needs, full + 1, **kw).choices == []
-    order = ["decoder checkpointing", "crop chunks", "one scored image", "no CUDA graphs", "model checkpointing"]
+    order = ["decoder checkpointing", "scorer checkpointing", "crop chunks", "one scored image", "no CUDA graphs",
+             "model checkpointing"]
     seen = []
-    for available in (full - 1, int(full * 0.8), int(full * 0.6), int(full * 0.5), int(full * 0.4), GIB):
+    for available in (full - 1, int(full * 0.8), int(full * 0.6), int(full * 0.5), int(full * 0.45),
+                      int(full * 0.4), GIB):
         plan = plan_memory(needs, available, **kw)
         assert plan.choices == order[:len(plan.choices)]
         assert plan.choices and (plan.estimate <= available or plan.choices == order)
         seen.append(len(plan.choices))
-    assert seen == sorted(seen) and seen[-1] == 5          # less memory, more savings
+    assert seen == sorted(seen) and seen[-1] == 6          # less memory, more savings
     last = plan_memory(needs, GIB, **kw)
     assert (last.crop_chunk, last.decoder_checkpointing, last.score_images, last.cuda_graphs, last.bf16_copies,
-            last.model_checkpointing) == (4, True, "x", False, False, True)
+            last.model_checkpointing, last.scorer_checkpointing) == (4, True, "x", False, False, True, True)
     # savings that do not apply are not offered
     p = plan_memory(_needs(bf16_copies=False, cuda_graphs=False, crops_with_grad=1, decoder_checkpointing=True,
-                           model_checkpointing=True), GIB,
+                           model_checkpointing=True, scorer_checkpointing=True), GIB,
                     score_images="x", reduction_keeps_all=False)
     assert p.choices == []
     assert estimate(_needs(crops_with_grad=4)) < full
@@ -93,7 +95,8 @@ def test_short_memory_choices_are_applied_and_reported(monkeypatch):
     short, short_calls = run()
     choices = short["memory"]["choices"]
     # on the CPU there are no CUDA graphs to drop: the last saving is model checkpointing
-    assert choices == ["decoder checkpointing", "crop chunks", "one scored image", "model checkpointing"]
+    assert choices == ["decoder checkpointing", "scorer checkpointing", "crop chunks", "one scored image",
+                       "model checkpointing"]
     assert any("memory was short" in w and "crop chunks" in w for w in short["warnings"])
     # applied: one scored image (8 crops of 1 image per objective call) in chunks of 4, recomputed
     # in the backward pass; with plenty of memory: both images' 16 crops at once

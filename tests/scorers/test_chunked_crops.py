@@ -62,3 +62,36 @@ def test_chunking_recomputes_instead_of_keeping_activations(encoder):
     assert calls == [2, 2, 2, 2, 2, 2]   # 3 chunks forward, 3 recomputed in backward
     with pytest.raises(ValueError, match="chunk"):
         CropConfig(chunk=-1)
+
+
+def test_scorer_checkpointing_gives_the_same_loss_and_gradient_with_less_saved(encoder):
+    """The scorer's transformer layers checkpointed (the memory plan's "scorer checkpointing"):
+    identical losses and gradients for every scorer, a fraction of the saved activations, and the
+    layers' forward restored afterwards."""
+    from doodl_nodes.core.checkpointing import checkpointed_blocks, repeated_blocks
+
+    images = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    blocks = repeated_blocks(AestheticScorer(encoder, LinearAestheticHead(encoder.embed_dim)).modules())
+    assert len(blocks) >= 2
+    for name, (scorer, reduction) in _scorers(encoder).items():
+        results = []
+        for enabled in (False, True):
+            saved = []
+
+            def pack(t):
+                saved.append(t.numel() * t.element_size())
+                return t
+
+            x = images.clone().requires_grad_(True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                    checkpointed_blocks(scorer.modules(), enabled) as n:
+                loss = scorer.loss(x, CropConfig(7, 0.5, reduction), torch.Generator().manual_seed(2))
+            assert (n > 0) == enabled
+            (grad,) = torch.autograd.grad((loss * torch.tensor([1.0, -2.0])).sum(), x)
+            results.append((loss.detach(), grad, sum(saved)))
+        (l0, g0, b0), (l1, g1, b1) = results
+        assert g0.abs().sum() > 0, name
+        torch.testing.assert_close(l1, l0, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-9, msg=name)
+        assert b1 < 0.7 * b0, (name, b1, b0)
+    assert not any("forward" in vars(b) for b in blocks)
