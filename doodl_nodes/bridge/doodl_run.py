@@ -172,7 +172,6 @@ class DecodeObjective:
         memory = plan.memory
         self.crops = replace(request.crops, chunk=memory.crop_chunk or request.crops.chunk)
         self.checkpoint = request.decoder_checkpointing or memory.decoder_checkpointing
-        self.scorer_checkpointing = memory.scorer_checkpointing
         self.score_images = memory.score_images or plan.score_images
         self.images: Optional[torch.Tensor] = None
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
@@ -180,8 +179,7 @@ class DecodeObjective:
     def __call__(self, x0, y0):
         lat = _scored_latents(x0, y0, self.score_images)
         images = decode_differentiable(self.vae, self.latent_format, lat, checkpoint=self.checkpoint)
-        with checkpointed_blocks(self.scorer.modules(), self.scorer_checkpointing):
-            loss = self.scorer.loss(images, self.crops, self.generator)
+        loss = self.scorer.loss(images, self.crops, self.generator)
         self.images = images.detach()
         n = 2 if self.score_images == "both" else 1
         return loss.reshape(n, -1).mean(0).sum()
@@ -319,12 +317,15 @@ def run_doodl(model, vae, positive, negative, cfg: float, sigmas: torch.Tensor, 
     # the scorers' networks are loaded, counted and offloaded by ComfyUI with the model
     extra_patchers = [vae.patcher] + patchers_for(scorers)
     extra_modules = [vae.first_stage_model] + [m for s in scorers for m in s.modules()]
+    # scorer checkpointing: patched for the whole run, since backward passes (and the crop chunks'
+    # recomputations, which must replay the same checkpointed layers) run after each objective call
     try:
-        result, final, best, pair, noise = run_in_guider(
-            model, positive, negative, cfg, sigmas, plan.shape, fn, grad=True, precision=request.precision,
-            extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL",
-            bf16_copies=plan.memory.bf16_copies, cuda_graphs=plan.memory.cuda_graphs,
-            model_checkpointing=plan.memory.model_checkpointing)
+        with checkpointed_blocks(scorer.modules(), plan.memory.scorer_checkpointing):
+            result, final, best, pair, noise = run_in_guider(
+                model, positive, negative, cfg, sigmas, plan.shape, fn, grad=True, precision=request.precision,
+                extra_patchers=extra_patchers, extra_modules=extra_modules, seed=seed, what="DOODL",
+                bf16_copies=plan.memory.bf16_copies, cuda_graphs=plan.memory.cuda_graphs,
+                model_checkpointing=plan.memory.model_checkpointing)
     finally:
         objective.images = None
     return _outputs(result, reporter, request, final, best, pair, noise, plan.memory)

@@ -95,3 +95,20 @@ def test_scorer_checkpointing_gives_the_same_loss_and_gradient_with_less_saved(e
         torch.testing.assert_close(g1, g0, rtol=1e-6, atol=1e-9, msg=name)
         assert b1 < 0.7 * b0, (name, b1, b0)
     assert not any("forward" in vars(b) for b in blocks)
+
+
+def test_scorer_checkpointing_inside_crop_chunks_gives_the_same_gradient(encoder):
+    """Both savings at once (the plan's small-card choice): the chunks' recomputation replays the
+    checkpointed layers (the layers stay patched until the backward pass is done, as DOODL does)."""
+    from doodl_nodes.core.checkpointing import checkpointed_blocks
+
+    images = torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    scorer = _scorers(encoder)["aesthetic maximize (mean)"][0]
+    grads = []
+    for enabled, chunk in ((False, 0), (True, 3)):
+        x = images.clone().requires_grad_(True)
+        with checkpointed_blocks(scorer.modules(), enabled):
+            loss = scorer.loss(x, CropConfig(7, 0.5, "mean", chunk=chunk), torch.Generator().manual_seed(2))
+            grads.append(torch.autograd.grad(loss.sum(), x)[0])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
