@@ -40,7 +40,7 @@ def ctx():
 
 
 def _value_and_grad(ctx, chain_kind: str, graphs: bool, steps: int = 10, model=None,
-                    precision: str = "bf16", bf16_copies: bool = True):
+                    precision: str = "bf16", bf16_copies: bool = True, checkpointing: bool = False):
     from doodl_nodes.bridge.chain import run_in_guider
     from doodl_nodes.bridge.vae import decode_differentiable
     from doodl_nodes.core.chains import make_chain
@@ -57,7 +57,7 @@ def _value_and_grad(ctx, chain_kind: str, graphs: bool, steps: int = 10, model=N
         ops = make_chain(chain_kind, chain.denoise, input_scale=chain.input_scale)
 
         def objective(a, b):
-            img = decode_differentiable(vae, chain.latent_format, torch.cat([a, b]))
+            img = decode_differentiable(vae, chain.latent_format, torch.cat([a, b]), checkpoint=checkpointing)
             return scorer.loss(img).mean()
 
         loss, grads, _ = ops.value_and_grad(objective, ops.state(x, x.clone()), chain.sigmas)
@@ -68,7 +68,7 @@ def _value_and_grad(ctx, chain_kind: str, graphs: bool, steps: int = 10, model=N
         return run_in_guider(model, ctx["pos"], ctx["neg"], 7.5, sigmas, shape, fn, grad=True,
                              precision=precision, extra_patchers=[vae.patcher],
                              extra_modules=[vae.first_stage_model], cuda_graphs=graphs,
-                             bf16_copies=bf16_copies)
+                             bf16_copies=bf16_copies, model_checkpointing=checkpointing)
 
 
 def _compare(a, b) -> tuple[float, float]:
@@ -122,6 +122,26 @@ def test_graphed_bf16_iteration_is_as_accurate_as_eager_bf16(ctx, chain_kind):
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads_g)
     assert abs(loss_g - loss_r) <= 1e-2 * abs(loss_r)
     assert rel_g <= 1.5 * rel_e + 0.02, (rel_g, rel_e)
+
+
+@pytest.mark.parametrize("chain_kind", ["edict", "euler"])
+def test_checkpointed_model_and_decoder_give_the_eager_gradient(ctx, chain_kind):
+    """The small-card path (model and decoder checkpointing, eager) against plain eager, fp32 with
+    TF32 off: the recomputation replays the same kernels, so values and gradients agree to
+    cuDNN's run-to-run differences."""
+    model32 = ctx["model_fp32"]
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        loss_c, grads_c, _ = _value_and_grad(ctx, chain_kind, False, model=model32, precision="fp32",
+                                             checkpointing=True)
+        loss_e, grads_e, _ = _value_and_grad(ctx, chain_kind, False, model=model32, precision="fp32")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    cos, rel = _compare(grads_c, grads_e)
+    print(f"checkpointed {chain_kind}: loss {loss_c:.8g} vs {loss_e:.8g}; grad cos {cos:.8f}, rel {rel:.3e}")
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads_c)
+    assert abs(loss_c - loss_e) <= 1e-5 * abs(loss_e) and rel < 1e-3, (loss_c, loss_e, rel)
 
 
 def test_scorer_networks_are_loaded_by_comfyui_onto_the_gpu(ctx):
