@@ -39,7 +39,8 @@ __all__ = ["SCORE_IMAGES", "DoodlRequest", "DoodlOutputs", "DoodlOutOfMemory", "
 log = logging.getLogger("doodl")
 
 SCORE_IMAGES = ("both", "x", "mean")
-OOM_HELP = ("To use less memory: lower num_crops, use a smaller image, enable decoder_checkpointing, "
+OOM_HELP = ("To use less memory: lower num_crops, use a smaller image, enable decoder_checkpointing (decoder "
+            "and scorer), "
             "set score_images to 'x' or 'mean' (one decode instead of two), or use "
             "grad_mode 'reversible' with fewer steps.")
 #: the monitor scores the whole image, no crops: deterministic, and it draws no random numbers
@@ -56,7 +57,9 @@ class DoodlRequest:
     crops: CropConfig = field(default_factory=CropConfig)
     score_images: str = "both"     # "both" EDICT images (official), "x" only, or the "mean" latent
     precision: str = "bf16"
-    decoder_checkpointing: bool = False
+    #: activation checkpointing of the VAE decoder and of the scorer networks (same values, about
+    #: 2 % more time, SD1.5 512²: 15.2 -> 6.6 GiB; benchmarks/RESULTS.md, run 5)
+    decoder_checkpointing: bool = True
     strip_frames: int = 8
     node_id: Optional[str] = None
     monitor: Optional[object] = None   # a DOODL_SCORER scored every iteration, never differentiated
@@ -150,7 +153,7 @@ def _plan_memory(model, vae, scorers, request: DoodlRequest, plan: _Plan, cfg: f
         image_pixels=int(plan.shape[-2] * plan.shape[-1] * ratio * ratio), images=n_images,
         scorer_params=module_params(scorer.modules()), crops=max(request.crops.num_crops, 1),
         crops_with_grad=_crops_with_grad(scorer, request.crops),
-        decoder_checkpointing=request.decoder_checkpointing)
+        decoder_checkpointing=request.decoder_checkpointing, scorer_checkpointing=request.decoder_checkpointing)
     return plan_memory(needs, available_memory(device), score_images=plan.score_images,
                        reduction_keeps_all=needs.crops_with_grad > 1)
 

@@ -4,24 +4,25 @@ Before a run, the memory the run needs is estimated from the model sizes and the
 sizes, and compared with what ComfyUI can give it: the free memory its ``get_free_memory`` reports
 plus what its loaded models hold (it unloads them on demand), less the user's ``--reserve-vram``.
 While the estimate does not fit, the savings below are switched on, in this order (measured on an
-H200, SD1.5 512², T=50, the paper's aesthetic objective; benchmarks/RESULTS.md, "memory model"):
+H200, SD1.5 512², T=50, the paper's aesthetic objective, reserved memory after the first iteration;
+benchmarks/RESULTS.md, run 5):
 
 1. ``decoder checkpointing``: the VAE decoder keeps only each layer's input and recomputes its
-   layers in the backward pass: the same values (until 2026-12-02 this patched containers the
-   decoder never calls and saved 0.25 GiB; see RESULTS.md for the corrected measurement);
-2. ``scorer checkpointing``: the scorer networks' transformer layers keep only their inputs and
-   recompute their activations in the backward pass (``core/checkpointing.py``): the same values,
-   one more scorer forward;
+   layers in the backward pass: the same values; 17.4 -> 14.5 GiB, no measurable time (until
+   2026-12-02 this patched containers the decoder never calls and saved 0.25 GiB);
+2. ``scorer checkpointing``: the scorer networks' repeated layers (a ViT's transformer blocks)
+   do the same (``core/checkpointing.py``); 14.5 -> 9.9 GiB, +2 % time. These two are on by
+   default (the node's ``decoder_checkpointing``); the plan turns them on when a run has them off;
 3. ``crop chunks``: the scorer's crops are back-propagated 4 at a time (recomputed in the
-   backward pass): the same loss and gradient; saved 4.7 of 15.2 GiB, cost +18 % time;
+   backward pass): the same loss and gradient; after the two above 9.9 -> 9.2 GiB, +20 % time;
 4. ``one scored image``: only the EDICT pair's x is decoded and scored (``score_images`` "x")
-   instead of both: a different (but also the paper's) objective; saved 2.6 GiB, no time;
+   instead of both: a different (but also the paper's) objective; 9.2 -> 7.4 GiB, no time;
 5. ``no CUDA graphs``: the model runs eagerly; the graphs' private memory pools (and the bf16
-   weight copies the gradient graphs run from) are not made; saved 3.5 GiB of reserved memory,
-   4.4x slower;
+   weight copies the gradient graphs run from) are not made; about 3.5 GiB at SD1.5, 4x slower;
 6. ``model checkpointing``: the diffusion model's blocks keep only their inputs and recompute
    their activations in the backward pass (``model_checkpointing.py``): the same values, one
-   more forward per call with gradients.
+   more forward per call with gradients (SD1.5 eager: 36 s per iteration; what lets SDXL 1024²
+   run on a 12 GB card: 11.8 GiB reserved, 41.5 s per iteration).
 
 Dropping only the bf16 weight copies is not a saving while graphs are on: the gradient graph then
 casts the weights under autocast inside its own pool (measured: 0.5 GiB more reserved memory).
@@ -56,15 +57,16 @@ CALL_BYTES = 4.24e4
 CALL_PARAM_POWER = 0.28
 #: reserved memory of the CUDA graphs' private pools, in units of one call's activations
 GRAPH_POOL_CALLS = 1.8
-#: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: 96 % of it)
+#: VAE decoder forward+backward, bytes per output pixel per image (checkpointed: 21 % of it, run 5)
 DECODE_BYTES = 7.6e3
-DECODE_CKPT_FRACTION = 0.96
+DECODE_CKPT_FRACTION = 0.21
 #: scorer activations kept per back-propagated crop, bytes per scorer parameter
 SCORER_BYTES_PER_PARAM = 0.7
-#: scorer activations with its layers checkpointed, as a fraction of the plain ones
-SCORER_CKPT_FRACTION = 0.15
+#: scorer activations with its layers checkpointed, as a fraction of the plain ones (run 5)
+SCORER_CKPT_FRACTION = 0.275
 #: one call's activations with the model's blocks checkpointed, as a fraction of the plain call
-MODEL_CKPT_FRACTION = 0.3
+#: (an upper bound fitted to SDXL 1024² on the emulated 12 GiB card, run 5: 11.8 GiB reserved)
+MODEL_CKPT_FRACTION = 0.65
 #: slack for the allocator's fragmentation, CUDA workspaces and the float64 EDICT state (the terms
 #: above already model reserved memory: the SD1.5 estimates were within 3 % of the measured peaks)
 SLACK = 1.0

@@ -75,14 +75,14 @@ def test_short_memory_choices_are_applied_and_reported(monkeypatch):
 
     scorer.crop_loss = counting
 
-    def run():
+    def run(**extra):
         calls.clear()
         with torch.inference_mode():
             out = DOODLOptimize().optimize(
                 model=model, vae=vae, positive=pos, negative=neg, cfg=2.0, sigmas=sigmas, scorer=scorer,
                 seed=0, iterations=1, lr=1.0, momentum=0.9, clip=1e-2, perturbation=0.0, renormalize=True,
                 tie_latents=True, start_step=0, grad_mode="checkpoint", num_crops=8, cut_power=0.3,
-                crop_reduction="auto", score_images="both", precision="fp32", latent=tiny_latent("eps"))
+                crop_reduction="auto", score_images="both", precision="fp32", latent=tiny_latent("eps"), **extra)
         return json.loads(out["result"][4]), list(calls)
 
     plenty, plenty_calls = run()
@@ -94,9 +94,13 @@ def test_short_memory_choices_are_applied_and_reported(monkeypatch):
     monkeypatch.setattr(mm, "get_free_memory", no_room)
     short, short_calls = run()
     choices = short["memory"]["choices"]
-    # on the CPU there are no CUDA graphs to drop: the last saving is model checkpointing
-    assert choices == ["decoder checkpointing", "scorer checkpointing", "crop chunks", "one scored image",
-                       "model checkpointing"]
+    # decoder and scorer checkpointing are on by default; on the CPU there are no CUDA graphs to
+    # drop: the last saving is model checkpointing
+    assert choices == ["crop chunks", "one scored image", "model checkpointing"]
+    # with the node's decoder_checkpointing off, the plan turns both back on first
+    off, _ = run(decoder_checkpointing=False)
+    assert off["memory"]["choices"] == ["decoder checkpointing", "scorer checkpointing", "crop chunks",
+                                        "one scored image", "model checkpointing"]
     assert any("memory was short" in w and "crop chunks" in w for w in short["warnings"])
     # applied: one scored image (8 crops of 1 image per objective call) in chunks of 4, recomputed
     # in the backward pass; with plenty of memory: both images' 16 crops at once
