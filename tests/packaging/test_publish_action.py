@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (requires-python >= 3.10): the same API from PyPI
+    import tomli as tomllib
 from pathlib import Path
 
 import pytest
