@@ -23,14 +23,12 @@ the saving the plan counted on.
 """
 from __future__ import annotations
 
-import logging
 import torch
 
 from ..core.checkpointing import checkpointed
+from .inplace_blocks import flux_block_classes
 
 __all__ = ["checkpoint_targets", "add_model_checkpointing", "ModelNotCheckpointable"]
-
-log = logging.getLogger("doodl")
 
 _UNET_LISTS = ("input_blocks", "middle_block", "output_blocks")
 _DIT_LISTS = ("joint_blocks",)
@@ -70,8 +68,6 @@ def add_model_checkpointing(model_patcher) -> int:
     """Checkpoint the blocks of ``model_patcher``'s diffusion model (a clone the caller owns);
     returns how many blocks. Flux's blocks are checkpointed by the differentiable replacements
     (``add_differentiable_blocks(..., checkpoint=True)``), which the caller sets up."""
-    from .inplace_blocks import flux_block_classes
-
     dm = model_patcher.get_model_object("diffusion_model")
     classes = flux_block_classes() or ()
     flux = [b for name in ("double_blocks", "single_blocks") for b in getattr(dm, name, None) or []
