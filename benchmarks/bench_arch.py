@@ -62,9 +62,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_doodl import build_tower  # noqa: E402  (the ViT-L/14-sized random image tower)
+# bench_doodl's ViT-L/14-sized random tower and its log, memory and unload helpers
+from bench_doodl import build_tower, log, peak, reset_peak, sync, unload_all  # noqa: E402
 
-GiB = 1024 ** 3
 
 CONFIGS = {
     "sdxl_turbo_1": dict(arch="sdxl", size=512, steps=1, scheduler="sd_turbo", chain="euler", cfg=1.0),
@@ -100,36 +100,10 @@ ARCH = {"sdxl": dict(tokens=77, context=2048, pooled=1280, channels=4, dtype=tor
 TINY_KIND = {"sdxl": "sdxl", "flux_schnell": "flux_schnell", "sd3": "flow"}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def peak_gib() -> dict:
-    if not torch.cuda.is_available():
-        return {}
-    sync()
-    return {"alloc_gib": round(torch.cuda.max_memory_allocated() / GiB, 2),
-            "reserved_gib": round(torch.cuda.max_memory_reserved() / GiB, 2)}
-
-
-def unload_all() -> None:
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    mm.soft_empty_cache(True)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    """``bench_doodl.peak`` rounded, under this script's key names."""
+    p = peak()
+    return {"alloc_gib": round(p["peak_alloc_gib"], 2), "reserved_gib": round(p["peak_reserved_gib"], 2)} if p else {}
 
 
 def setup_comfyui(root: str, cpu: bool) -> None:
