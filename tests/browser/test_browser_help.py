@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import comfy_page, webdriver
+from tests.browser import comfy_page
 from tests.help import help_pages as hp
 
 pytestmark = pytest.mark.comfyui
@@ -51,19 +51,6 @@ const imgs = Array.from(el.querySelectorAll('img')).map((i) => ({src: i.getAttri
 return {title: h1.innerText.trim(), header: Array.from(table.querySelectorAll('thead th')).map((t) => t.innerText.trim()),
         inputs: rows, images: imgs, text: el.innerText.length};
 """
-
-
-@pytest.fixture(scope="module")
-def server():
-    return comfy_page.real_frontend_server()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    with webdriver.Chromium(width=1600, height=1000) as b:
-        comfy_page.open_comfy(b, server)
-        b.startup_errors = comfy_page.errors(b)
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import comfy_page, webdriver
+from tests.browser import comfy_page
 from tests.workflows import workflow_tools as wt
 
 pytestmark = pytest.mark.comfyui
@@ -54,19 +54,6 @@ for (let i = 0; i < d.length; i += 4)
   if (d[i + 3] > 200 && Math.abs(d[i] - r) < 12 && Math.abs(d[i + 1] - g) < 12 && Math.abs(d[i + 2] - b) < 12) k++;
 return k;
 """
-
-
-@pytest.fixture(scope="module")
-def server():
-    return comfy_page.real_frontend_server()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    with webdriver.Chromium(width=1600, height=1000) as b:
-        comfy_page.open_comfy(b, server)
-        b.startup_errors = set(comfy_page.errors(b))
-        yield b
 
 
 def test_monitor_curve_in_the_live_view(browser, server, tmp_path):

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser import comfy_page
-from tests.browser import webdriver
 from tests.workflows import workflow_tools as wt
 
 pytestmark = pytest.mark.comfyui
@@ -35,19 +34,6 @@ README_SHOTS = REPO / "docs" / "screenshots"
 MAX_SHOT_BYTES = 200_000
 LIVE_ITERATIONS = 4  # the live-view run: TEST_OVERRIDES plus 4 iterations (several updates to watch)
 KNOWN_FRONTEND_STARTUP_ERROR = "Cannot read properties of undefined (reading 'id')"
-
-
-@pytest.fixture(scope="module")
-def server():
-    return comfy_page.real_frontend_server()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    with webdriver.Chromium(width=1600, height=1000) as b:
-        b.ready_s = comfy_page.open_comfy(b, server)
-        b.startup_errors = comfy_page.errors(b)
-        yield b
 
 
 @pytest.fixture(scope="module")
