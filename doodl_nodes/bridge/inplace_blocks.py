@@ -99,10 +99,14 @@ def _single_forward(block, x, vec, pe, attn_mask=None, transformer_options={}):
     return x
 
 
+def _block_forward(forward, block, checkpoint: bool):
+    """``forward(block, ...)`` bound to ``block``, checkpointed on passes with gradients if asked."""
+    bound = functools.partial(forward, block)
+    return checkpointed(bound) if checkpoint else bound
+
+
 def _double_patch(block, checkpoint: bool = False):
-    forward = functools.partial(_double_forward, block)
-    if checkpoint:
-        forward = checkpointed(forward)
+    forward = _block_forward(_double_forward, block, checkpoint)
 
     def replace(args, extra):
         img, txt = forward(args["img"], args["txt"], args["vec"], args["pe"], args.get("attn_mask"),
@@ -110,21 +114,17 @@ def _double_patch(block, checkpoint: bool = False):
         return {"img": img, "txt": txt}
 
     replace.doodl_differentiable = True
-    replace.doodl_checkpointed = checkpoint
     return replace
 
 
 def _single_patch(block, checkpoint: bool = False):
-    forward = functools.partial(_single_forward, block)
-    if checkpoint:
-        forward = checkpointed(forward)
+    forward = _block_forward(_single_forward, block, checkpoint)
 
     def replace(args, extra):
         return {"img": forward(args["img"], args["vec"], args["pe"], args.get("attn_mask"),
                                args.get("transformer_options") or {})}
 
     replace.doodl_differentiable = True
-    replace.doodl_checkpointed = checkpoint
     return replace
 
 
