@@ -73,6 +73,14 @@ def find_root() -> tuple[Path | None, str]:
                   "COMFYUI_PATH to a ComfyUI checkout")
 
 
+def _install(tree: Path, origin: str) -> None:
+    """Stamp a verified ComfyUI tree with its version and origin and move it to the cache."""
+    (tree / STAMP).write_text(f"{COMFYUI_VERSION} {COMFYUI_COMMIT} from {origin}\n")
+    if CACHE.exists():
+        shutil.rmtree(CACHE)
+    tree.rename(CACHE)
+
+
 def _unpack(archive: Path) -> None:
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="ComfyUI-unpack-", dir=CACHE.parent))
@@ -88,10 +96,7 @@ def _unpack(archive: Path) -> None:
         src = tmp / "ComfyUI"
         if not is_comfyui(src):
             raise BootstrapError(f"{archive} does not hold ComfyUI/main.py: is it the ComfyUI source archive?")
-        (src / STAMP).write_text(f"{COMFYUI_VERSION} {COMFYUI_COMMIT} from {archive.name}\n")
-        if CACHE.exists():
-            shutil.rmtree(CACHE)
-        src.rename(CACHE)
+        _install(src, archive.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -113,10 +118,7 @@ def _clone() -> None:
         if not head.startswith(COMFYUI_COMMIT):
             raise BootstrapError(f"tag v{COMFYUI_VERSION} is at {head.strip()}, not {COMFYUI_COMMIT}")
         shutil.rmtree(dest / ".git", ignore_errors=True)
-        (dest / STAMP).write_text(f"{COMFYUI_VERSION} {COMFYUI_COMMIT} from git\n")
-        if CACHE.exists():
-            shutil.rmtree(CACHE)
-        dest.rename(CACHE)
+        _install(dest, "git")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
