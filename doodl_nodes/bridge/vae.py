@@ -14,7 +14,8 @@ import contextlib
 from typing import Iterator
 
 import torch
-import torch.utils.checkpoint
+
+from ..core.checkpointing import checkpointed_modules
 
 __all__ = ["LatentMismatchError", "check_vae_matches", "decode_differentiable", "decoder_checkpointing"]
 
@@ -64,27 +65,12 @@ def _checkpoint_targets(decoder: torch.nn.Module) -> list[torch.nn.Module]:
 
 @contextlib.contextmanager
 def decoder_checkpointing(vae, enabled: bool = True) -> Iterator[None]:
-    """Within the context, the decoder's blocks run under ``torch.utils.checkpoint``."""
+    """Within the context, the decoder's layers run under ``torch.utils.checkpoint`` on passes that
+    build a graph."""
     decoder = getattr(vae.first_stage_model, "decoder", None)
-    if not enabled or decoder is None:
+    targets = _checkpoint_targets(decoder) if enabled and decoder is not None else []
+    with checkpointed_modules(targets):
         yield
-        return
-    patched = []
-    for module in _checkpoint_targets(decoder):
-        original = module.forward
-
-        def forward(*args, _orig=original, **kwargs):
-            if torch.is_grad_enabled():
-                return torch.utils.checkpoint.checkpoint(_orig, *args, use_reentrant=False, **kwargs)
-            return _orig(*args, **kwargs)
-
-        module.forward = forward
-        patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward  # drop the instance attribute: the class forward is back
 
 
 CLAMPS = ("straight_through", "hard", "none")

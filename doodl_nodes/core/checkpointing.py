@@ -4,9 +4,9 @@ same operations); the cost is one more forward of the checkpointed blocks per ba
 
 :func:`checkpointed` wraps one ``forward``; :func:`repeated_blocks` finds the blocks of a network
 (the elements of its ``ModuleList`` stacks of one block class: a ViT's transformer layers, a text
-tower's layers); :func:`checkpointed_blocks` patches those blocks' ``forward`` for the duration of
-a ``with`` (the backward pass may run after it: the recomputation calls the original ``forward``
-that the wrapper holds).
+tower's layers); :func:`checkpointed_modules` patches given modules' ``forward`` for the duration
+of a ``with``, and :func:`checkpointed_blocks` those blocks' (the backward pass may run after it:
+the recomputation calls the original ``forward`` that the wrapper holds).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.utils.checkpoint
 
-__all__ = ["checkpointed", "repeated_blocks", "checkpointed_blocks"]
+__all__ = ["checkpointed", "repeated_blocks", "checkpointed_modules", "checkpointed_blocks"]
 
 #: a ModuleList of at least this many blocks of one class is a stack worth checkpointing
 MIN_BLOCKS = 2
@@ -66,19 +66,27 @@ def repeated_blocks(modules: Iterable[torch.nn.Module], min_blocks: int = MIN_BL
 
 
 @contextlib.contextmanager
+def checkpointed_modules(modules: Iterable[torch.nn.Module]) -> Iterator[int]:
+    """Within the context, each of ``modules`` runs :func:`checkpointed` (its ``forward``, and any
+    instance ``forward`` it had, restored on exit); yields how many."""
+    modules = list(modules)
+    previous = []
+    for module in modules:
+        previous.append(vars(module).get("forward", _MISSING))
+        module.forward = checkpointed(module.forward)
+    try:
+        yield len(modules)
+    finally:
+        for module, prev in zip(modules, previous):
+            if prev is _MISSING:
+                del module.forward
+            else:
+                module.forward = prev
+
+
+@contextlib.contextmanager
 def checkpointed_blocks(modules: Iterable[torch.nn.Module], enabled: bool = True) -> Iterator[int]:
     """Within the context, the :func:`repeated_blocks` of ``modules`` run checkpointed when they
     build a graph; yields how many blocks. Their ``forward`` is restored on exit."""
-    blocks = repeated_blocks(modules) if enabled else []
-    previous = []
-    for block in blocks:
-        previous.append(vars(block).get("forward", _MISSING))
-        block.forward = checkpointed(block.forward)
-    try:
-        yield len(blocks)
-    finally:
-        for block, prev in zip(blocks, previous):
-            if prev is _MISSING:
-                del block.forward
-            else:
-                block.forward = prev
+    with checkpointed_modules(repeated_blocks(modules) if enabled else []) as n:
+        yield n
