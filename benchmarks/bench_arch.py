@@ -62,8 +62,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-# bench_doodl's ViT-L/14-sized random tower and its log, memory and unload helpers
-from bench_doodl import build_tower, log, peak, reset_peak, sync, unload_all  # noqa: E402
+# bench_doodl's ViT-L/14-sized random tower and its log, timing, memory and unload helpers
+from bench_doodl import build_tower, iteration_clock, log, peak, reset_peak, sync, unload_all  # noqa: E402
 
 
 CONFIGS = {
@@ -248,31 +248,6 @@ def make_sigmas(model, scheduler: str, steps: int):
 # --------------------------------------------------------------------------------------- measuring
 
 @contextlib.contextmanager
-def iteration_clock(record: dict):
-    """Timestamps of DOODL's per-iteration event; peaks reset after the first iteration (which
-    records the CUDA graphs), so ``steady`` excludes that one-time work."""
-    from doodl_nodes.bridge import doodl_run
-
-    original = doodl_run.send_event
-    record["t"] = []
-
-    def hook(event, data, node_id=None):
-        if event == "doodl.iteration":
-            sync()
-            record["t"].append(time.perf_counter())
-            if len(record["t"]) == 1:
-                record["first_peak"] = peak_gib()
-                reset_peak()
-        return original(event, data, node_id)
-
-    doodl_run.send_event = hook
-    try:
-        yield
-    finally:
-        doodl_run.send_event = original
-
-
-@contextlib.contextmanager
 def graph_counters(record: dict):
     """The CUDA-graph counters of the run (GraphedGuider.stats, read when it closes)."""
     from doodl_nodes.bridge.cuda_graphs import GraphedGuider
@@ -357,7 +332,7 @@ def run_config(ctx: Context, name: str, scorer_name: str, iterations: int) -> di
     unload_all()
     reset_peak()
     t0 = time.perf_counter()
-    with iteration_clock(rec), graph_counters(graphs), torch.inference_mode():
+    with iteration_clock(rec, peak_fn=peak_gib, empty_cache=False), graph_counters(graphs), torch.inference_mode():
         out = run_doodl(model, vae, pos, neg, c["cfg"], sigmas, scorer, request, latent=latent, seed=0)
     total = time.perf_counter() - t0
     ts = rec["t"]

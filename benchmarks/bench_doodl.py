@@ -317,10 +317,12 @@ def chain_graph_stats(chain) -> dict | None:
 
 
 @contextlib.contextmanager
-def iteration_clock(record: dict):
+def iteration_clock(record: dict, peak_fn=None, empty_cache: bool = True):
     """Timestamps of the per-iteration callback of run_doodl (the loss is synced before it runs).
     After the first iteration the peak-memory counters are reset, so ``steady`` peaks exclude the
-    one-time work of iteration 0 (CUDA-graph capture and its eager warm-up)."""
+    one-time work of iteration 0 (CUDA-graph capture and its eager warm-up). ``peak_fn``: what
+    records the first iteration's peak (default :func:`peak`); ``empty_cache``: release the
+    allocator's cached blocks before the reset."""
     from doodl_nodes.bridge import doodl_run
 
     original = doodl_run.send_event
@@ -331,8 +333,8 @@ def iteration_clock(record: dict):
             sync()
             record["t"].append(time.perf_counter())
             if len(record["t"]) == 1:
-                record["first_peak"] = peak()
-                if torch.cuda.is_available():
+                record["first_peak"] = (peak_fn or peak)()
+                if empty_cache and torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 reset_peak()
         return original(event, data, node_id)
