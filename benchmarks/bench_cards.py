@@ -14,7 +14,8 @@ of a C GiB card. A row records whether the run completed, seconds per iteration 
 first), the peak ``max_memory_allocated`` after the first iteration and over the whole run, and the
 plan's choices.
 
-Sections (``--sections``): ``knobs`` (T=50 with each memory saving forced on in turn: what each
+Sections (``--sections``): ``norms`` (the gradient graphs with PyTorch's norms, the fused Triton
+norms, and those with cuDNN's autotuner: ms per model call and T=50 DOODL), ``knobs`` (T=50 with each memory saving forced on in turn: what each
 costs and saves), ``sd15`` (T=10 and T=50), ``batch`` (T=50, batch 1, 2, 4),
 ``cards_sd15`` (T=50 on emulated 8 and 12 GiB cards), ``sdxl`` (1024², T=30: whole GPU, 12 and
 8 GiB), ``compile`` (two fresh processes sharing inductor's on-disk caches: compile time of each
@@ -188,6 +189,79 @@ def build_context(arch: str, tiny: bool, out_dir: Path) -> dict:
             "latent_shape": latent_shape}
 
 
+#: the gradient graphs' kernels, each variant on its own (issue 15's "channels-last end to end" and
+#: "fused norms in the backward" levers): PyTorch's GroupNorm + SiLU (their outputs leave the
+#: channels-last layout), the pack's fused Triton norms, and those with cuDNN's autotuner on while
+#: the gradient graphs are recorded
+NORM_VARIANTS = [("pytorch norms", False, False), ("fused norms", True, False),
+                 ("fused norms + cudnn autotune", True, True)]
+
+
+@contextlib.contextmanager
+def norm_variant(fused: bool, autotune: bool):
+    from doodl_nodes.bridge import cuda_graphs
+
+    old = cuda_graphs.CUDNN_AUTOTUNE
+    cuda_graphs.CUDNN_AUTOTUNE = autotune
+    try:
+        with bench.env_flag("DOODL_FUSED_NORMS", fused):
+            yield
+    finally:
+        cuda_graphs.CUDNN_AUTOTUNE = old
+
+
+def call_costs(ctx, reps: int) -> tuple[dict, torch.Tensor]:
+    """ms per CFG model call replayed from the CUDA graphs (no grad; forward + backward), and the
+    input gradient of one fixed call (to compare variants)."""
+    from doodl_nodes.bridge.chain import run_in_guider
+
+    out: dict = {}
+    grads = []
+
+    def fn(chain):
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(ctx["latent_shape"], generator=g).to(chain.device) * float(chain.sigmas[0])
+        s = chain.sigmas[len(chain.sigmas) // 3].to(torch.float32)
+        zg = z.clone().requires_grad_(True)
+        w = torch.randn(ctx["latent_shape"], generator=g).to(chain.device)
+
+        def nograd():
+            with torch.no_grad():
+                chain.denoise(z, s)
+
+        def grad():
+            with torch.enable_grad():
+                o = chain.denoise(zg, s)
+                return torch.autograd.grad(o, zg, w)[0]
+
+        out["graph_nograd_ms"] = bench._call_timer(nograd, reps) * 1e3
+        out["graph_grad_ms"] = bench._call_timer(grad, reps) * 1e3
+        grads.append(grad().detach().float().cpu())
+        out["graph_stats"] = bench.chain_graph_stats(chain)
+
+    bench.unload_all()
+    with bench.graphs_env(True), torch.inference_mode():
+        run_in_guider(ctx["model"], ctx["pos"], ctx["neg"], ctx["cfg"], bench.sigmas_for(ctx["model"], 10),
+                      ctx["latent_shape"], fn, grad=True, precision="bf16")
+    bench.unload_all()
+    return out, grads[0]
+
+
+def section_norms(res, ctx, steps: int, iterations: int, reps: int) -> None:
+    reference = None
+    for name, fused, autotune in NORM_VARIANTS:
+        with norm_variant(fused, autotune):
+            costs, grad = call_costs(ctx, reps)
+            if reference is None:
+                reference = grad
+            costs["grad_rel_to_pytorch_norms"] = float((grad - reference).norm() / reference.norm())
+            costs["grad_finite_nonzero"] = bool(torch.isfinite(grad).all() and grad.abs().sum() > 0)
+            bench.log(f"{name}: no grad {costs['graph_nograd_ms']:.2f} ms, fwd+bwd {costs['graph_grad_ms']:.2f} ms, "
+                      f"grad rel {costs['grad_rel_to_pytorch_norms']:.2e}")
+            row = run_row(ctx, ctx["model"], steps=steps, iterations=iterations, label=f"sd15 {name}")
+        res.put("norms", name, {"calls": costs, "doodl": row})
+
+
 def section_compile(args, res) -> None:
     """Two fresh processes, one after the other, sharing inductor's caches on disk."""
     cache = Path(args.out) / "inductor_cache" if args.tiny else Path("/tmp/doodl_inductor_cache")
@@ -244,13 +318,15 @@ def main(argv=None):
         try:
             if section == "env":
                 bench.section_env(res, torch.device("cpu" if args.tiny else "cuda"))
-            elif section in ("sd15", "batch", "cards_sd15", "knobs"):
+            elif section in ("sd15", "batch", "cards_sd15", "knobs", "norms"):
                 if ctx is None or ctx.get("arch") != "sd15":
                     ctx = None
                     bench.unload_all()
                     ctx = build_context("sd15", args.tiny, out_dir) | {"arch": "sd15"}
                 m = ctx["model"]
-                if section == "knobs":
+                if section == "norms":
+                    section_norms(res, ctx, T50, it, 3 if args.tiny else 20)
+                elif section == "knobs":
                     for name, st in KNOBS:
                         res.put(section, name, run_row(ctx, m, steps=T50, iterations=it if st.get("graphs", True) else 2,
                                                        label=f"sd15 {name}", settings=st))

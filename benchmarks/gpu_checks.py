@@ -81,8 +81,43 @@ def _compare(a, b) -> tuple[float, float]:
 
 
 def _check_graph_stats(stats: dict) -> None:
+    from doodl_nodes.bridge.cuda_graphs import fused_norms_enabled
+
     assert stats.get("graph_grad_calls", 0) > 0 and stats.get("graph_backwards", 0) > 0, stats
     assert stats.get("eager_recomputes", 0) == 0 and stats.get("eager_calls", 0) == 0, stats
+    if fused_norms_enabled():   # the gradient graphs ran SD1.5's GroupNorms as the fused kernels
+        assert stats.get("fused_group_norms", 0) > 0, stats
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_group_norm_kernels_match_pytorch_on_the_gpu(dtype):
+    """core/fused_norm.py's Triton kernels at SD1.5's shapes (batch 2, 32 groups, channels-last)
+    against PyTorch's group_norm + silu in float64: values and input gradients."""
+    from doodl_nodes.core.fused_norm import group_norm_act
+
+    for c, hw in [(320, 64), (640, 32), (960, 32), (1280, 8), (2560, 8), (1920, 16)]:
+        g = torch.Generator(device="cuda").manual_seed(c + hw)
+        x = (torch.randn(2, c, hw, hw, device="cuda", generator=g, dtype=torch.float64) * 1.5 + 0.5)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(c, device="cuda", generator=g, dtype=torch.float64)
+        b = torch.randn(c, device="cuda", generator=g, dtype=torch.float64)
+        dy = torch.randn(x.shape, device="cuda", generator=g, dtype=torch.float64)
+        for act in (True, False):
+            xf = x.to(dtype).requires_grad_(True)
+            yf = group_norm_act(xf, 32, w.to(dtype), b.to(dtype), 1e-5, act=act)
+            (gf,) = torch.autograd.grad(yf, xf, dy.to(dtype))
+            xr = x.clone().requires_grad_(True)
+            yr = torch.nn.functional.group_norm(xr, 32, w, b, 1e-5)
+            yr = torch.nn.functional.silu(yr) if act else yr
+            (gr,) = torch.autograd.grad(yr, xr, dy)
+            y_rel = float((yf.double() - yr).norm() / yr.norm())
+            g_rel = float((gf.double() - gr).norm() / gr.norm())
+            print(f"fused norm {dtype} C={c} {hw}x{hw} act={act}: y rel {y_rel:.2e}, grad rel {g_rel:.2e}")
+            assert type(yf.grad_fn).__name__ == "_GroupNormActBackward"
+            assert yf.is_contiguous(memory_format=torch.channels_last) and gf.is_contiguous(
+                memory_format=torch.channels_last)
+            bound = 1e-2 if dtype == torch.bfloat16 else 1e-5
+            assert y_rel < bound and g_rel < bound, (c, hw, act, y_rel, g_rel)
 
 
 @pytest.mark.parametrize("chain_kind", ["edict", "euler"])

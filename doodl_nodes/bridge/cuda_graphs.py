@@ -29,8 +29,11 @@ import torch
 
 import comfy.model_management
 
+from ..core.fused_norm import triton_available
+from .fused_norms import fused_group_norms
+
 __all__ = ["GraphedGuider", "graph_blockers", "cuda_graphs_enabled", "torch_compile_enabled",
-           "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV"]
+           "fused_norms_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV", "FUSED_NORMS_ENV"]
 
 log = logging.getLogger("doodl")
 
@@ -55,6 +58,17 @@ def torch_compile_enabled(requested: Optional[bool] = None) -> bool:
     if requested is not None:
         return bool(requested)
     return os.environ.get(TORCH_COMPILE_ENV, "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+FUSED_NORMS_ENV = "DOODL_FUSED_NORMS"
+
+
+def fused_norms_enabled() -> bool:
+    """Whether the gradient graphs run the model's GroupNorm(+SiLU) layers as the pack's Triton
+    kernels (``core/fused_norm.py``): when Triton is importable, unless ``DOODL_FUSED_NORMS`` is
+    "0"/"false"/"off" (an escape hatch; default on)."""
+    return triton_available() and os.environ.get(FUSED_NORMS_ENV, "1").strip().lower() not in (
+        "0", "false", "off", "no")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +159,22 @@ def _frozen_free_memory(device: torch.device):
         yield
     finally:
         mm.get_free_memory = original
+
+
+#: let cuDNN time its convolution algorithms (``torch.backends.cudnn.benchmark``) while the gradient
+#: graphs are warmed up and recorded: the recorded graphs keep the fastest ones found. The no-grad
+#: graph keeps ComfyUI's setting, so its results stay those of an eager call (EDICT parity).
+CUDNN_AUTOTUNE = True
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(on: bool):
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = old or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 class _Slot:
@@ -307,6 +337,17 @@ class GraphedGuider:
             for owner, leaf, original in reversed(swapped):
                 owner._parameters[leaf] = original
 
+    @contextlib.contextmanager
+    def _norms(self):
+        """Within the context the diffusion model's GroupNorm(+SiLU) layers run the fused kernels
+        (``fused_norms.py``), when enabled and the model is not compiled (inductor fuses them its
+        own way). Yields how many norms were swapped."""
+        if self.compile or not fused_norms_enabled():
+            yield 0
+            return
+        with fused_group_norms(self.base_model.diffusion_model) as n:
+            yield n
+
     def _warmup(self, fn) -> None:
         torch.cuda.synchronize(self.device)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -385,7 +426,7 @@ class GraphedGuider:
             out = self.call(sz, ss, True, cache_enabled=False, autocast=autocast)
             torch.autograd.grad(out, sz, torch.ones_like(out))
 
-        with torch.enable_grad(), self._weights(shadows):
+        with torch.enable_grad(), self._weights(shadows), self._norms() as fused, _cudnn_autotune(CUDNN_AUTOTUNE):
             self._warmup(fwd_bwd)
             pool = torch.cuda.graph_pool_handle()
             fwd = torch.cuda.CUDAGraph()
@@ -398,6 +439,7 @@ class GraphedGuider:
                                   capture_error_mode="thread_local"):
                 (gz,) = torch.autograd.grad(out, sz, gout)
         self.stats["captures"] += 2
+        self.stats["fused_group_norms"] = fused
         return _Slot(fwd, bwd, sz, ss, out.detach(), gout, gz)
 
     def _grad_call(self, z, s):

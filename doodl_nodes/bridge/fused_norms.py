@@ -1,0 +1,72 @@
+"""Run a diffusion model's GroupNorm layers (and the SiLU after them) as the fused kernels of
+``core/fused_norm.py`` for the duration of a context.
+
+Used while the gradient graphs are recorded (``cuda_graphs.py``): the model then stays in the
+channels-last layout of its bf16 weight copies from the first convolution to the last, and each
+norm + SiLU is four kernels forward and backward instead of a dozen plus layout conversions. The
+forwards are swapped on the modules only inside the context (the recorded graphs keep the kernels)
+and put back after, like the weight copies; ComfyUI never sees a changed model.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+from ..core.fused_norm import group_norm_act
+
+__all__ = ["fused_group_norms"]
+
+
+def _fused_forward(norm: torch.nn.GroupNorm, act: bool, original, x: torch.Tensor) -> torch.Tensor:
+    if (getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None)
+            or (norm.weight is not None and norm.weight.device != x.device)):
+        y = original(x)   # weight patches or offloaded weights: ComfyUI's own path
+        return torch.nn.functional.silu(y) if act else y
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act=act)
+
+
+def _identity(x):
+    return x
+
+
+def _plan(module: torch.nn.Module) -> list[tuple[torch.nn.GroupNorm, object]]:
+    """(GroupNorm, the SiLU it takes in or None) for every GroupNorm of ``module``. A GroupNorm
+    directly followed by ``nn.SiLU`` inside an ``nn.Sequential`` takes the SiLU in, unless the
+    Sequential's owner modulates the norm's output before the activation (a ResBlock with
+    ``use_scale_shift_norm`` calls ``out_layers[0]`` alone)."""
+    fused_silu: dict[int, torch.nn.Module] = {}
+    for owner in module.modules():
+        if getattr(owner, "use_scale_shift_norm", False):
+            continue
+        for seq in owner.children():
+            if not isinstance(seq, torch.nn.Sequential):
+                continue
+            layers = list(seq)
+            for norm, nxt in zip(layers, layers[1:]):
+                if isinstance(norm, torch.nn.GroupNorm) and type(nxt) is torch.nn.SiLU:
+                    fused_silu[id(norm)] = nxt
+    return [(m, fused_silu.get(id(m))) for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
+
+
+@contextlib.contextmanager
+def fused_group_norms(module: torch.nn.Module):
+    """Within the context the GroupNorm layers of ``module`` run ``group_norm_act`` (SiLU fused where
+    a SiLU follows). Yields the number of norms swapped (0 for models without GroupNorm: SD3, Flux).
+    A layer that already has an instance-level forward (someone else's patch) is left alone."""
+    swapped = []
+    try:
+        for norm, silu in _plan(module):
+            if "forward" in norm.__dict__ or (silu is not None and "forward" in silu.__dict__):
+                continue
+            norm.forward = functools.partial(_fused_forward, norm, silu is not None, norm.forward)
+            swapped.append(norm)
+            if silu is not None:
+                silu.forward = _identity
+                swapped.append(silu)
+        yield sum(1 for m in swapped if isinstance(m, torch.nn.GroupNorm))
+    finally:
+        for m in swapped:
+            with contextlib.suppress(AttributeError):
+                del m.forward

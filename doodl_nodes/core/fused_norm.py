@@ -1,0 +1,289 @@
+"""GroupNorm (optionally followed by SiLU) as two Triton kernels each way, in any memory layout.
+
+Why: in the gradient pass of a UNet, PyTorch's CUDA GroupNorm returns an NCHW tensor whatever its
+input's layout, so with channels-last convolution weights every norm costs two layout conversions
+(the norm's input to NCHW, its output back to channels-last for the next convolution), and the
+norm, the SiLU after it and their backward passes are separate kernels, each a full pass over the
+activation. Here a norm is a statistics kernel and an apply kernel (the SiLU fused in), and its
+backward is a reduction kernel and an apply kernel; every kernel reads the activation in the layout
+it has (strides are arguments) and writes the output in the same layout, so a channels-last model
+stays channels-last end to end. Measured on an H200 in benchmarks/RESULTS.md.
+
+Only the gradient with respect to the input is computed: DOODL's weights are frozen
+(``group_norm_act`` refuses a weight or bias that requires grad). Statistics are accumulated in
+float32 (sums of values shifted by one element of the group, so a large mean does not cancel the
+variance); outputs are rounded once to the input's dtype. Without Triton, or for a tensor Triton
+cannot run on, the same call falls back to ``torch.nn.functional.group_norm`` (+ ``silu``).
+
+``TRITON_INTERPRET=1`` in the environment before this module is imported runs the kernels on CPU
+tensors with Triton's interpreter (the test suite checks them that way against PyTorch).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["group_norm_act", "triton_available"]
+
+try:  # Triton ships with PyTorch's CUDA wheels on Linux; elsewhere the fallback runs
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the platform
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_MAX_SPLITS = 64          # programs per (sample, group) along H*W; the apply kernels reduce their partials
+_TILE = 4096              # elements per loaded tile (BLOCK_HW * BLOCK_C)
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def _runs_on_triton(x: torch.Tensor) -> bool:
+    return triton is not None and x.dim() >= 3 and (x.is_cuda or (_INTERPRET and x.device.type == "cpu"))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _moments(P, pid_ng, S, M, eps, shift, BLOCK_S: tl.constexpr):
+        """Mean and 1/std of one (sample, group) from the S partial (sum, sum of squares)."""
+        offs = tl.arange(0, BLOCK_S)
+        ms = offs < S
+        s1 = tl.sum(tl.load(P + (pid_ng * S + offs) * 2, mask=ms, other=0.0), 0)
+        s2 = tl.sum(tl.load(P + (pid_ng * S + offs) * 2 + 1, mask=ms, other=0.0), 0)
+        mean_d = s1 / M
+        var = tl.maximum(s2 / M - mean_d * mean_d, 0.0)
+        return shift + mean_d, 1.0 / tl.sqrt(var + eps)
+
+    @triton.jit
+    def _stats_kernel(X, P, HW, G, Cg, sxn, sxc, sxhw, rows_per_prog,
+                      BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid_ng = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        S = tl.num_programs(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < Cg
+        base = X + n * sxn + (g * Cg + cols)[None, :] * sxc
+        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
+        acc1 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+        start = pid_s * rows_per_prog
+        for r0 in range(start, start + rows_per_prog, BLOCK_HW):
+            rows = r0 + tl.arange(0, BLOCK_HW)
+            m = (rows < HW)[:, None] & cmask[None, :]
+            x = tl.load(base + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
+            d = tl.where(m, x - shift, 0.0)
+            acc1 += d
+            acc2 += d * d
+        tl.store(P + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
+        tl.store(P + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
+
+    @triton.jit
+    def _apply_kernel(X, Y, W, B, P, HW, G, Cg, eps, sxn, sxc, sxhw, syn, syc, syhw, rows_per_prog,
+                      ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+                      BLOCK_S: tl.constexpr):
+        pid_ng = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        S = tl.num_programs(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
+        mean, rstd = _moments(P, pid_ng, S, HW * Cg, eps, shift, BLOCK_S)
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < Cg
+        c = g * Cg + cols
+        if AFFINE:
+            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
+            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            w = tl.full([BLOCK_C], 1.0, tl.float32)
+            b = tl.zeros([BLOCK_C], dtype=tl.float32)
+        scale = (w * rstd)[None, :]
+        offset = (b - mean * w * rstd)[None, :]
+        start = pid_s * rows_per_prog
+        for r0 in range(start, start + rows_per_prog, BLOCK_HW):
+            rows = r0 + tl.arange(0, BLOCK_HW)
+            m = (rows < HW)[:, None] & cmask[None, :]
+            x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
+            z = x * scale + offset
+            if ACT:
+                z = z * tl.sigmoid(z)
+            tl.store(Y + n * syn + c[None, :] * syc + rows[:, None] * syhw, z.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _grad_terms(x, dy, mean, rstd, w, b, ACT: tl.constexpr):
+        """(d loss / d x-hat, x-hat) of one tile."""
+        xhat = (x - mean) * rstd
+        if ACT:
+            z = xhat * w + b
+            sg = tl.sigmoid(z)
+            dz = dy * sg * (1.0 + z * (1.0 - sg))
+        else:
+            dz = dy
+        return dz * w, xhat
+
+    @triton.jit
+    def _grad_stats_kernel(X, DY, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw, rows_per_prog,
+                           ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr,
+                           BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+        pid_ng = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        S = tl.num_programs(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
+        mean, rstd = _moments(P, pid_ng, S, HW * Cg, eps, shift, BLOCK_S)
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < Cg
+        c = g * Cg + cols
+        if AFFINE:
+            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        else:
+            w = tl.full([1, BLOCK_C], 1.0, tl.float32)
+            b = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+        start = pid_s * rows_per_prog
+        for r0 in range(start, start + rows_per_prog, BLOCK_HW):
+            rows = r0 + tl.arange(0, BLOCK_HW)
+            m = (rows < HW)[:, None] & cmask[None, :]
+            x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
+            dy = tl.load(DY + n * sdn + c[None, :] * sdc + rows[:, None] * sdhw, mask=m, other=0.0).to(tl.float32)
+            dxh, xhat = _grad_terms(x, dy, mean, rstd, w, b, ACT)
+            dxh = tl.where(m, dxh, 0.0)
+            acc1 += dxh
+            acc2 += dxh * xhat
+        tl.store(Q + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
+        tl.store(Q + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
+
+    @triton.jit
+    def _grad_apply_kernel(X, DY, DX, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw,
+                           son, soc, sohw, rows_per_prog, ACT: tl.constexpr, AFFINE: tl.constexpr,
+                           BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+        pid_ng = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        S = tl.num_programs(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
+        M = HW * Cg
+        mean, rstd = _moments(P, pid_ng, S, M, eps, shift, BLOCK_S)
+        offs = tl.arange(0, BLOCK_S)
+        ms = offs < S
+        m1 = tl.sum(tl.load(Q + (pid_ng * S + offs) * 2, mask=ms, other=0.0), 0) / M
+        m2 = tl.sum(tl.load(Q + (pid_ng * S + offs) * 2 + 1, mask=ms, other=0.0), 0) / M
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < Cg
+        c = g * Cg + cols
+        if AFFINE:
+            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        else:
+            w = tl.full([1, BLOCK_C], 1.0, tl.float32)
+            b = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        start = pid_s * rows_per_prog
+        for r0 in range(start, start + rows_per_prog, BLOCK_HW):
+            rows = r0 + tl.arange(0, BLOCK_HW)
+            m = (rows < HW)[:, None] & cmask[None, :]
+            x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
+            dy = tl.load(DY + n * sdn + c[None, :] * sdc + rows[:, None] * sdhw, mask=m, other=0.0).to(tl.float32)
+            dxh, xhat = _grad_terms(x, dy, mean, rstd, w, b, ACT)
+            dx = rstd * (dxh - m1 - xhat * m2)
+            tl.store(DX + n * son + c[None, :] * soc + rows[:, None] * sohw, dx.to(DX.dtype.element_ty), mask=m)
+
+
+@functools.lru_cache(maxsize=None)
+def _processors(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _viewable(t: torch.Tensor) -> torch.Tensor:
+    """t itself if it has an (N, C, H*W) view (NCHW or channels-last, say), else a dense copy."""
+    try:
+        t.view(t.shape[0], t.shape[1], -1)
+        return t
+    except RuntimeError:
+        return t.contiguous()
+
+
+def _launch_shape(x3: torch.Tensor, groups: int):
+    n, c, hw = x3.shape
+    cg = c // groups
+    block_c = triton.next_power_of_2(cg)
+    block_hw = max(16, min(triton.next_power_of_2(hw), _TILE // block_c))
+    tiles = triton.cdiv(hw, block_hw)
+    want = max(1, (4 * _processors(x3.device)) // (n * groups))
+    splits = min(tiles, want, _MAX_SPLITS)
+    rows_per_prog = triton.cdiv(tiles, splits) * block_hw
+    splits = triton.cdiv(hw, rows_per_prog)
+    return (n * groups, splits), dict(BLOCK_HW=block_hw, BLOCK_C=block_c,
+                                      BLOCK_S=triton.next_power_of_2(splits)), rows_per_prog
+
+
+class _GroupNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, groups: int, weight, bias, eps: float, act: bool):
+        x = _viewable(x)
+        x3 = x.view(x.shape[0], x.shape[1], -1)
+        y = torch.empty_like(x)               # the input's layout (channels-last stays channels-last)
+        y3 = y.view(x3.shape)
+        grid, blocks, rows = _launch_shape(x3, groups)
+        part = torch.empty(grid[0] * grid[1] * 2, device=x.device, dtype=torch.float32)
+        affine = weight is not None
+        w = weight.contiguous() if affine else x3
+        b = bias.contiguous() if affine else x3
+        hw, cg = x3.shape[2], x3.shape[1] // groups
+        _stats_kernel[grid](x3, part, hw, groups, cg, *x3.stride(), rows,
+                            BLOCK_HW=blocks["BLOCK_HW"], BLOCK_C=blocks["BLOCK_C"])
+        _apply_kernel[grid](x3, y3, w, b, part, hw, groups, cg, eps, *x3.stride(), *y3.stride(), rows,
+                            ACT=act, AFFINE=affine, **blocks)
+        ctx.save_for_backward(x, w, b, part)
+        ctx.groups, ctx.eps, ctx.act, ctx.affine = groups, eps, act, affine
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, w, b, part = ctx.saved_tensors
+        x3 = x.view(x.shape[0], x.shape[1], -1)
+        dy3 = _viewable(dy).view(x3.shape)
+        dx = torch.empty_like(x)
+        dx3 = dx.view(x3.shape)
+        grid, blocks, rows = _launch_shape(x3, ctx.groups)
+        q = torch.empty_like(part)
+        hw, cg = x3.shape[2], x3.shape[1] // ctx.groups
+        common = dict(ACT=ctx.act, AFFINE=ctx.affine, **blocks)
+        _grad_stats_kernel[grid](x3, dy3, w, b, part, q, hw, ctx.groups, cg, ctx.eps, *x3.stride(),
+                                 *dy3.stride(), rows, **common)
+        _grad_apply_kernel[grid](x3, dy3, dx3, w, b, part, q, hw, ctx.groups, cg, ctx.eps, *x3.stride(),
+                                 *dy3.stride(), *dx3.stride(), rows, **common)
+        return dx, None, None, None, None, None
+
+
+def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None, eps: float = 1e-5, act: bool = False) -> torch.Tensor:
+    """``silu(group_norm(x))`` if ``act`` else ``group_norm(x)``, for x of shape (N, C, *spatial).
+
+    Runs the Triton kernels on CUDA tensors (any layout; the output has the input's layout), else
+    PyTorch's own ops. Weight and bias must not require grad (only the input's gradient is
+    computed)."""
+    if x.shape[1] % groups:
+        raise ValueError(f"group_norm_act: {x.shape[1]} channels do not split into {groups} groups")
+    frozen = not any(t is not None and t.requires_grad for t in (weight, bias))
+    if not (_runs_on_triton(x) and frozen and x.numel() > 0):
+        y = F.group_norm(x, groups, weight, bias, eps)
+        return F.silu(y) if act else y
+    if (weight is None) != (bias is None):
+        raise ValueError("group_norm_act: give both weight and bias or neither")
+    return _GroupNormAct.apply(x, groups, weight, bias, float(eps), bool(act))

@@ -1,0 +1,70 @@
+"""Run in a subprocess with ``TRITON_INTERPRET=1``: the fused GroupNorm(+SiLU) kernels of
+``doodl_nodes/core/fused_norm.py`` on CPU tensors (Triton's interpreter) against PyTorch's
+``group_norm`` (+ ``silu``) in float64. Prints one JSON line per case."""
+import json
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+sys.path.insert(0, sys.argv[1])
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from doodl_nodes.core import fused_norm  # noqa: E402
+
+# (shape, groups, channels_last, act, affine, dtype); the (1, 32, 40, 40) case splits each group's
+# rows over several programs (7 partial sums per group), the others use one
+CASES = [
+    ((2, 64, 5, 7), 32, True, True, True, torch.float64),
+    ((2, 60, 9, 9), 6, False, True, True, torch.float64),
+    ((1, 48, 33, 3), 4, True, False, True, torch.float64),
+    ((1, 32, 40, 40), 2, True, True, True, torch.float64),
+    ((2, 24, 6, 6), 3, False, False, False, torch.float64),
+    ((2, 40, 4, 4, 3), 5, False, True, True, torch.float64),
+    ((2, 64, 8, 8), 32, True, True, True, torch.bfloat16),
+]
+
+
+def run_case(shape, groups, channels_last, act, affine, dtype):
+    g = torch.Generator().manual_seed(len(shape) * 100 + shape[1])
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3   # a mean well away from 0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape[1], generator=g, dtype=torch.float64) if affine else None
+    b = torch.randn(shape[1], generator=g, dtype=torch.float64) if affine else None
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+
+    xf = x.to(dtype).requires_grad_(True)
+    yf = fused_norm.group_norm_act(xf, groups, None if w is None else w.to(dtype),
+                                   None if b is None else b.to(dtype), 1e-5, act=act)
+    (gf,) = torch.autograd.grad(yf, xf, dy.to(dtype))
+
+    xr = x.clone().requires_grad_(True)
+    yr = F.group_norm(xr, groups, w, b, 1e-5)
+    yr = F.silu(yr) if act else yr
+    (gr,) = torch.autograd.grad(yr, xr, dy)
+
+    fmt = torch.channels_last
+    return {
+        "shape": list(shape), "groups": groups, "channels_last": channels_last, "act": act, "affine": affine,
+        "dtype": str(dtype), "fused": type(yf.grad_fn).__name__,
+        "y_rel": float((yf.double() - yr).norm() / yr.norm()),
+        "grad_rel": float((gf.double() - gr).norm() / gr.norm()),
+        "y_dtype": str(yf.dtype), "grad_dtype": str(gf.dtype),
+        "layout_kept": (yf.dim() != 4 or (yf.is_contiguous(memory_format=fmt) == channels_last
+                                           and gf.is_contiguous(memory_format=fmt) == channels_last)),
+    }
+
+
+for case in CASES:
+    print(json.dumps(run_case(*case)), flush=True)
+
+# a weight that requires grad is PyTorch's business: the fallback path, with the weight's gradient
+x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+b = torch.zeros(8, dtype=torch.float64)
+y = fused_norm.group_norm_act(x, 4, w, b, act=True)
+gw = torch.autograd.grad(y.sum(), w)[0]
+ref = torch.autograd.grad(F.silu(F.group_norm(x, 4, w, b)).sum(), w)[0]
+print(json.dumps({"trainable_weight": type(y.grad_fn).__name__, "weight_grad_rel": float((gw - ref).norm() / ref.norm())}))

@@ -1,0 +1,61 @@
+"""The fused GroupNorm(+SiLU) kernels (``core/fused_norm.py``) against PyTorch, run on the CPU by
+Triton's interpreter in a subprocess (``TRITON_INTERPRET=1`` must be set before Triton is imported):
+values and input gradients in both layouts, with and without the SiLU and the affine parameters,
+several programs per group, outputs in the input's layout and dtype; plus the fallbacks."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from doodl_nodes.core import fused_norm
+from tests.comfyui_env import unavailable
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).with_name("fused_norm_probe.py")
+
+
+@pytest.fixture(scope="module")
+def probe_rows():
+    if not fused_norm.triton_available():
+        unavailable("Triton is not installed (it comes with PyTorch's CUDA wheels on Linux)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, str(PROBE), str(ROOT)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_kernels_match_pytorch_in_every_layout(probe_rows):
+    cases = [r for r in probe_rows if "shape" in r]
+    assert len(cases) == 7
+    for r in cases:
+        assert r["fused"] == "_GroupNormActBackward", r          # the kernels ran, not the fallback
+        assert r["layout_kept"], r
+        want = "torch.bfloat16" if r["dtype"] == "torch.bfloat16" else "torch.float64"
+        assert r["y_dtype"] == r["grad_dtype"] == want, r
+        # float32 accumulation inside the kernels; bf16 rounds the output and the gradient once
+        bound = 1e-2 if r["dtype"] == "torch.bfloat16" else 2e-6
+        assert r["y_rel"] < bound and r["grad_rel"] < bound, r
+
+
+def test_trainable_weight_falls_back_to_pytorch(probe_rows):
+    (row,) = [r for r in probe_rows if "trainable_weight" in r]
+    assert row["trainable_weight"] != "_GroupNormActBackward"
+    assert row["weight_grad_rel"] < 1e-12
+
+
+def test_cpu_tensors_without_the_interpreter_use_pytorch():
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    w, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    assert torch.equal(fused_norm.group_norm_act(x, 4, w, b, act=True), F.silu(F.group_norm(x, 4, w, b)))
+    assert torch.equal(fused_norm.group_norm_act(x, 2), F.group_norm(x, 2))
+
+
+def test_channels_that_do_not_split_into_groups_are_refused():
+    with pytest.raises(ValueError, match="7 channels do not split into 2 groups"):
+        fused_norm.group_norm_act(torch.zeros(1, 7, 2, 2), 2)
