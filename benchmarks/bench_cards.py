@@ -14,8 +14,8 @@ of a C GiB card. A row records whether the run completed, seconds per iteration 
 first), the peak ``max_memory_allocated`` after the first iteration and over the whole run, and the
 plan's choices.
 
-Sections (``--sections``): ``norms`` (the gradient graphs with PyTorch's norms, the fused Triton
-norms, and those with cuDNN's autotuner: ms per model call and T=50 DOODL), ``knobs`` (T=50 with each memory saving forced on in turn: what each
+Sections (``--sections``): ``norms`` (the gradient graphs with PyTorch's norms and with the fused
+Triton norms: ms per model call and T=50 DOODL), ``knobs`` (T=50 with each memory saving forced on in turn: what each
 costs and saves), ``sd15`` (T=10 and T=50), ``batch`` (T=50, batch 1, 2, 4),
 ``cards_sd15`` (T=50 on emulated 8 and 12 GiB cards), ``sdxl`` (1024², T=30: whole GPU, 12 and
 8 GiB), ``compile`` (two fresh processes sharing inductor's on-disk caches: compile time of each
@@ -191,23 +191,8 @@ def build_context(arch: str, tiny: bool, out_dir: Path) -> dict:
 
 #: the gradient graphs' kernels, each variant on its own (issue 15's "channels-last end to end" and
 #: "fused norms in the backward" levers): PyTorch's GroupNorm + SiLU (their outputs leave the
-#: channels-last layout), the pack's fused Triton norms, and those with cuDNN's autotuner on while
-#: the gradient graphs are recorded
-NORM_VARIANTS = [("pytorch norms", False, False), ("fused norms", True, False),
-                 ("fused norms + cudnn autotune", True, True)]
-
-
-@contextlib.contextmanager
-def norm_variant(fused: bool, autotune: bool):
-    from doodl_nodes.bridge import cuda_graphs
-
-    old = cuda_graphs.CUDNN_AUTOTUNE
-    cuda_graphs.CUDNN_AUTOTUNE = autotune
-    try:
-        with bench.env_flag("DOODL_FUSED_NORMS", fused):
-            yield
-    finally:
-        cuda_graphs.CUDNN_AUTOTUNE = old
+#: channels-last layout) and the pack's fused Triton norms (``DOODL_FUSED_NORMS``)
+NORM_VARIANTS = [("pytorch norms", False), ("fused norms", True)]
 
 
 def call_costs(ctx, reps: int) -> tuple[dict, torch.Tensor]:
@@ -249,8 +234,8 @@ def call_costs(ctx, reps: int) -> tuple[dict, torch.Tensor]:
 
 def section_norms(res, ctx, steps: int, iterations: int, reps: int) -> None:
     reference = None
-    for name, fused, autotune in NORM_VARIANTS:
-        with norm_variant(fused, autotune):
+    for name, fused in NORM_VARIANTS:
+        with bench.env_flag("DOODL_FUSED_NORMS", fused):
             costs, grad = call_costs(ctx, reps)
             if reference is None:
                 reference = grad

@@ -161,22 +161,6 @@ def _frozen_free_memory(device: torch.device):
         mm.get_free_memory = original
 
 
-#: let cuDNN time its convolution algorithms (``torch.backends.cudnn.benchmark``) while the gradient
-#: graphs are warmed up and recorded: the recorded graphs keep the fastest ones found. The no-grad
-#: graph keeps ComfyUI's setting, so its results stay those of an eager call (EDICT parity).
-CUDNN_AUTOTUNE = True
-
-
-@contextlib.contextmanager
-def _cudnn_autotune(on: bool):
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = old or on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
-
-
 class _Slot:
     """One recorded model call with grad: forward graph, backward graph, their static tensors."""
 
@@ -426,7 +410,7 @@ class GraphedGuider:
             out = self.call(sz, ss, True, cache_enabled=False, autocast=autocast)
             torch.autograd.grad(out, sz, torch.ones_like(out))
 
-        with torch.enable_grad(), self._weights(shadows), self._norms() as fused, _cudnn_autotune(CUDNN_AUTOTUNE):
+        with torch.enable_grad(), self._weights(shadows), self._norms() as fused:
             self._warmup(fwd_bwd)
             pool = torch.cuda.graph_pool_handle()
             fwd = torch.cuda.CUDAGraph()

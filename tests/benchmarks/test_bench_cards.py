@@ -22,7 +22,7 @@ def test_bench_cards_tiny_runs(tmp_path):
     root = require_comfyui()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cards.py"), "--tiny", "--out", str(tmp_path),
-                           "--comfyui", str(root), "--sections", "sd15,knobs,cards_sd15", "--iters", "2"],
+                           "--comfyui", str(root), "--sections", "sd15,knobs,cards_sd15,norms", "--iters", "2"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "results_cards_tiny.json").read_text())
@@ -34,6 +34,11 @@ def test_bench_cards_tiny_runs(tmp_path):
     for row in [*secs["sd15"].values(), *knobs.values(), *secs["cards_sd15"].values()]:
         assert row["completed"], row.get("error")
         assert math.isfinite(row["median_iteration_s"]) and all(math.isfinite(v) for v in row["final_losses"])
+    norms = secs["norms"]
+    assert list(norms) == ["pytorch norms", "fused norms"]
+    for row in norms.values():
+        assert row["doodl"]["completed"], row["doodl"].get("error")
+        assert row["calls"]["grad_finite_nonzero"] and row["calls"]["graph_grad_ms"] > 0
     # forced rows ran with exactly the forced settings, the default rows with the automatic plan
     assert all(r["memory_plan"]["choices"] == ["forced"] for r in knobs.values())
     assert all(r["memory_plan"]["choices"] != ["forced"] for r in secs["sd15"].values())
