@@ -9,8 +9,10 @@ backward is a reduction kernel and an apply kernel; every kernel reads the activ
 it has (strides are arguments) and writes the output in the same layout, so a channels-last model
 stays channels-last end to end. Measured on an H200 in benchmarks/RESULTS.md.
 
-Only the gradient with respect to the input is computed: DOODL's weights are frozen
-(``group_norm_act`` refuses a weight or bias that requires grad). Statistics are accumulated in
+Only the gradient with respect to the input is computed: DOODL's weights are frozen (a weight or
+bias that requires grad goes to PyTorch's ops). If the kernels fail to build or launch (a GPU or a
+toolchain Triton does not support), the failure is logged once and PyTorch's ops run from then on
+in the process, the failed call included. Statistics are accumulated in
 float32 (sums of values shifted by one element of the group, so a large mean does not cancel the
 variance); outputs are rounded once to the input's dtype. Without Triton, or for a tensor Triton
 cannot run on, the same call falls back to ``torch.nn.functional.group_norm`` (+ ``silu``).
@@ -21,13 +23,16 @@ tensors with Triton's interpreter (the test suite checks them that way against P
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_norm_act", "triton_available"]
+__all__ = ["group_norm_act", "triton_available", "triton_failure"]
+
+log = logging.getLogger("doodl")
 
 try:  # Triton ships with PyTorch's CUDA wheels on Linux; elsewhere the fallback runs
     import triton
@@ -37,15 +42,42 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _MAX_SPLITS = 64          # programs per (sample, group) along H*W; the apply kernels reduce their partials
+# Each distinct block size compiles its own kernels (once per machine: Triton caches them on disk), so
+# the tile depends on the group width only and sizes and outer strides are not specialized on.
 _TILE = 4096              # elements per loaded tile (BLOCK_HW * BLOCK_C)
+_MAX_GROUP_CHANNELS = 1024  # wider groups (a tile row would not fit the registers): PyTorch's ops
+
+#: why the Triton kernels failed in this process (a GPU or toolchain Triton does not support):
+#: from then on every call runs PyTorch's ops
+_failure: Optional[str] = None
 
 
 def triton_available() -> bool:
-    return triton is not None
+    return triton is not None and _failure is None
 
 
-def _runs_on_triton(x: torch.Tensor) -> bool:
-    return triton is not None and x.dim() >= 3 and (x.is_cuda or (_INTERPRET and x.device.type == "cpu"))
+def triton_failure() -> Optional[str]:
+    """Why the kernels were given up in this process, or None."""
+    return _failure
+
+
+def _give_up(exc: BaseException) -> None:
+    global _failure
+    if isinstance(exc, torch.OutOfMemoryError):
+        raise exc
+    _failure = f"{type(exc).__name__}: {exc}"[:400]
+    log.warning("DOODL: the fused GroupNorm kernels failed (%s); PyTorch's GroupNorm runs from here on", _failure)
+
+
+def _runs_on_triton(x: torch.Tensor, groups: int) -> bool:
+    return (triton is not None and _failure is None and x.dim() >= 3 and x.numel() > 0
+            and x.shape[1] // groups <= _MAX_GROUP_CHANNELS
+            and (x.is_cuda or (_INTERPRET and x.device.type == "cpu")))
+
+
+def _pytorch(x, groups, weight, bias, eps, act):
+    y = F.group_norm(x, groups, weight, bias, eps)
+    return F.silu(y) if act else y
 
 
 if triton is not None:
@@ -61,7 +93,7 @@ if triton is not None:
         var = tl.maximum(s2 / M - mean_d * mean_d, 0.0)
         return shift + mean_d, 1.0 / tl.sqrt(var + eps)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "rows_per_prog"])
     def _stats_kernel(X, P, HW, G, Cg, sxn, sxc, sxhw, rows_per_prog,
                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
         pid_ng = tl.program_id(0)
@@ -86,7 +118,7 @@ if triton is not None:
         tl.store(P + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
         tl.store(P + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "syn", "rows_per_prog"])
     def _apply_kernel(X, Y, W, B, P, HW, G, Cg, eps, sxn, sxc, sxhw, syn, syc, syhw, rows_per_prog,
                       ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_S: tl.constexpr):
@@ -130,7 +162,7 @@ if triton is not None:
             dz = dy
         return dz * w, xhat
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "sdn", "rows_per_prog"])
     def _grad_stats_kernel(X, DY, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw, rows_per_prog,
                            ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr,
                            BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
@@ -165,7 +197,7 @@ if triton is not None:
         tl.store(Q + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
         tl.store(Q + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "sdn", "son", "rows_per_prog"])
     def _grad_apply_kernel(X, DY, DX, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw,
                            son, soc, sohw, rows_per_prog, ACT: tl.constexpr, AFFINE: tl.constexpr,
                            BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
@@ -221,14 +253,13 @@ def _launch_shape(x3: torch.Tensor, groups: int):
     n, c, hw = x3.shape
     cg = c // groups
     block_c = triton.next_power_of_2(cg)
-    block_hw = max(16, min(triton.next_power_of_2(hw), _TILE // block_c))
+    block_hw = max(16, _TILE // block_c)   # not from hw: one compiled variant per group width
     tiles = triton.cdiv(hw, block_hw)
     want = max(1, (4 * _processors(x3.device)) // (n * groups))
     splits = min(tiles, want, _MAX_SPLITS)
     rows_per_prog = triton.cdiv(tiles, splits) * block_hw
     splits = triton.cdiv(hw, rows_per_prog)
-    return (n * groups, splits), dict(BLOCK_HW=block_hw, BLOCK_C=block_c,
-                                      BLOCK_S=triton.next_power_of_2(splits)), rows_per_prog
+    return (n * groups, splits), dict(BLOCK_HW=block_hw, BLOCK_C=block_c, BLOCK_S=_MAX_SPLITS), rows_per_prog
 
 
 class _GroupNormAct(torch.autograd.Function):
@@ -256,6 +287,18 @@ class _GroupNormAct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, w, b, part = ctx.saved_tensors
+        try:
+            return _GroupNormAct._input_grad(ctx, x, w, b, part, dy), None, None, None, None, None
+        except Exception as exc:   # the backward kernels failed to build/launch: PyTorch's gradient
+            _give_up(exc)
+        affine = (w, b) if ctx.affine else (None, None)
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            (dx,) = torch.autograd.grad(_pytorch(xx, ctx.groups, *affine, ctx.eps, ctx.act), xx, dy)
+        return dx, None, None, None, None, None
+
+    @staticmethod
+    def _input_grad(ctx, x, w, b, part, dy):
         x3 = x.view(x.shape[0], x.shape[1], -1)
         dy3 = _viewable(dy).view(x3.shape)
         dx = torch.empty_like(x)
@@ -268,7 +311,7 @@ class _GroupNormAct(torch.autograd.Function):
                                  *dy3.stride(), rows, **common)
         _grad_apply_kernel[grid](x3, dy3, dx3, w, b, part, q, hw, ctx.groups, cg, ctx.eps, *x3.stride(),
                                  *dy3.stride(), *dx3.stride(), rows, **common)
-        return dx, None, None, None, None, None
+        return dx
 
 
 def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
@@ -276,14 +319,16 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] 
     """``silu(group_norm(x))`` if ``act`` else ``group_norm(x)``, for x of shape (N, C, *spatial).
 
     Runs the Triton kernels on CUDA tensors (any layout; the output has the input's layout), else
-    PyTorch's own ops. Weight and bias must not require grad (only the input's gradient is
-    computed)."""
+    PyTorch's own ops: also for a weight or bias that requires grad (the kernels compute only the
+    input's gradient) and after the kernels failed once in this process."""
     if x.shape[1] % groups:
         raise ValueError(f"group_norm_act: {x.shape[1]} channels do not split into {groups} groups")
     frozen = not any(t is not None and t.requires_grad for t in (weight, bias))
-    if not (_runs_on_triton(x) and frozen and x.numel() > 0):
-        y = F.group_norm(x, groups, weight, bias, eps)
-        return F.silu(y) if act else y
     if (weight is None) != (bias is None):
         raise ValueError("group_norm_act: give both weight and bias or neither")
-    return _GroupNormAct.apply(x, groups, weight, bias, float(eps), bool(act))
+    if frozen and _runs_on_triton(x, groups):
+        try:
+            return _GroupNormAct.apply(x, groups, weight, bias, float(eps), bool(act))
+        except Exception as exc:   # a GPU or toolchain Triton cannot build for: PyTorch from here on
+            _give_up(exc)
+    return _pytorch(x, groups, weight, bias, eps, act)

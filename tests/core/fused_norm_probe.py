@@ -68,3 +68,59 @@ y = fused_norm.group_norm_act(x, 4, w, b, act=True)
 gw = torch.autograd.grad(y.sum(), w)[0]
 ref = torch.autograd.grad(F.silu(F.group_norm(x, 4, w, b)).sum(), w)[0]
 print(json.dumps({"trainable_weight": type(y.grad_fn).__name__, "weight_grad_rel": float((gw - ref).norm() / ref.norm())}))
+
+# groups wider than a tile row can hold: PyTorch's ops
+x = torch.randn(1, 2048, 2, 2, dtype=torch.float64, requires_grad=True)
+print(json.dumps({"wide_groups": type(fused_norm.group_norm_act(x, 1, act=True).grad_fn).__name__}))
+
+
+# the kernels failing to build or launch (a GPU or toolchain Triton does not support): logged once,
+# PyTorch's ops from then on, in the forward and in the backward
+class _Broken:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise self.exc
+        return launch
+
+
+def _native_grad(x, w, b, dy):
+    xr = x.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(F.silu(F.group_norm(xr, 4, w, b)), xr, dy)[0]
+
+
+x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+w, b, dy = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64), torch.randn(2, 8, 4, 4, dtype=torch.float64)
+kernels = fused_norm._grad_stats_kernel, fused_norm._stats_kernel
+
+fused_norm._grad_stats_kernel = _Broken(RuntimeError("backward kernel: unsupported GPU"))
+xx = x.clone().requires_grad_(True)
+y = fused_norm.group_norm_act(xx, 4, w, b, act=True)
+forward_fused = type(y.grad_fn).__name__
+g = torch.autograd.grad(y, xx, dy)[0]
+print(json.dumps({"failure": "backward", "forward": forward_fused, "reason": fused_norm.triton_failure(),
+                  "available_after": fused_norm.triton_available(),
+                  "grad_rel": float((g - _native_grad(x, w, b, dy)).norm() / _native_grad(x, w, b, dy).norm())}))
+
+fused_norm._grad_stats_kernel = kernels[0]
+fused_norm._failure = None
+fused_norm._stats_kernel = _Broken(RuntimeError("forward kernel: no compiler"))
+xx = x.clone().requires_grad_(True)
+y = fused_norm.group_norm_act(xx, 4, w, b, act=True)
+reason = fused_norm.triton_failure()
+fused_norm._stats_kernel = kernels[1]   # working again, but the process has given up on them
+y2 = fused_norm.group_norm_act(xx, 4, w, b, act=True)
+print(json.dumps({"failure": "forward", "forward": type(y.grad_fn).__name__, "reason": reason,
+                  "second_call": type(y2.grad_fn).__name__,
+                  "y_equal": bool(torch.equal(y, F.silu(F.group_norm(xx, 4, w, b))))}))
+
+fused_norm._failure = None
+fused_norm._stats_kernel = _Broken(torch.OutOfMemoryError("CUDA out of memory"))
+try:
+    fused_norm.group_norm_act(x, 4, w, b, act=True)
+    oom = "swallowed"
+except torch.OutOfMemoryError:
+    oom = "raised"
+print(json.dumps({"failure": "oom", "outcome": oom, "reason": fused_norm.triton_failure()}))

@@ -43,10 +43,25 @@ def test_kernels_match_pytorch_in_every_layout(probe_rows):
         assert r["y_rel"] < bound and r["grad_rel"] < bound, r
 
 
-def test_trainable_weight_falls_back_to_pytorch(probe_rows):
+def test_trainable_weights_and_wide_groups_fall_back_to_pytorch(probe_rows):
     (row,) = [r for r in probe_rows if "trainable_weight" in r]
     assert row["trainable_weight"] != "_GroupNormActBackward"
     assert row["weight_grad_rel"] < 1e-12
+    (wide,) = [r for r in probe_rows if "wide_groups" in r]
+    assert wide["wide_groups"] == "SiluBackward0"
+
+
+def test_a_kernel_that_fails_to_build_hands_over_to_pytorch(probe_rows):
+    rows = {r["failure"]: r for r in probe_rows if "failure" in r}
+    back, fwd, oom = rows["backward"], rows["forward"], rows["oom"]
+    # the backward kernels fail: the forward ran fused, the gradient is PyTorch's, later calls too
+    assert back["forward"] == "_GroupNormActBackward" and "unsupported GPU" in back["reason"]
+    assert not back["available_after"] and back["grad_rel"] < 1e-6
+    # the forward kernels fail: the very call falls back, and the process does not try again
+    assert fwd["forward"] == "SiluBackward0" and "no compiler" in fwd["reason"]
+    assert fwd["second_call"] == "SiluBackward0" and fwd["y_equal"]
+    # running out of memory is not a Triton problem: it propagates and nothing is given up
+    assert oom["outcome"] == "raised" and oom["reason"] is None
 
 
 def test_cpu_tensors_without_the_interpreter_use_pytorch():
