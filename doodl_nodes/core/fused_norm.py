@@ -83,24 +83,65 @@ def _pytorch(x, groups, weight, bias, eps, act):
 if triton is not None:
 
     @triton.jit
-    def _moments(P, pid_ng, S, M, eps, shift, BLOCK_S: tl.constexpr):
-        """Mean and 1/std of one (sample, group) from the S partial (sum, sum of squares)."""
+    def _program(G):
+        """This program's (sample x group) index, its split along H*W, the number of splits, and
+        its sample and group."""
+        pid_ng = tl.program_id(0)
+        return pid_ng, tl.program_id(1), tl.num_programs(1), pid_ng // G, pid_ng % G
+
+    @triton.jit
+    def _sums(Buf, pid_ng, S, BLOCK_S: tl.constexpr):
+        """The two sums of one (sample, group), added up from its S partial pairs."""
         offs = tl.arange(0, BLOCK_S)
         ms = offs < S
-        s1 = tl.sum(tl.load(P + (pid_ng * S + offs) * 2, mask=ms, other=0.0), 0)
-        s2 = tl.sum(tl.load(P + (pid_ng * S + offs) * 2 + 1, mask=ms, other=0.0), 0)
+        s1 = tl.sum(tl.load(Buf + (pid_ng * S + offs) * 2, mask=ms, other=0.0), 0)
+        s2 = tl.sum(tl.load(Buf + (pid_ng * S + offs) * 2 + 1, mask=ms, other=0.0), 0)
+        return s1, s2
+
+    @triton.jit
+    def _store_sums(Buf, pid_ng, pid_s, S, acc1, acc2):
+        tl.store(Buf + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
+        tl.store(Buf + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
+
+    @triton.jit
+    def _moments(X, P, pid_ng, S, n, g, HW, Cg, eps, sxn, sxc, BLOCK_S: tl.constexpr):
+        """Mean and 1/std of one (sample, group) from its partial sums of values shifted by the
+        group's first element (the statistics kernel's shift)."""
+        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
+        s1, s2 = _sums(P, pid_ng, S, BLOCK_S)
+        M = HW * Cg
         mean_d = s1 / M
         var = tl.maximum(s2 / M - mean_d * mean_d, 0.0)
         return shift + mean_d, 1.0 / tl.sqrt(var + eps)
 
+    @triton.jit
+    def _affine(W, B, c, cmask, AFFINE: tl.constexpr, BLOCK_C: tl.constexpr):
+        """The group's weight and bias as (1, BLOCK_C) rows in float32 (1 and 0 without them)."""
+        if AFFINE:
+            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        else:
+            w = tl.full([1, BLOCK_C], 1.0, tl.float32)
+            b = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        return w, b
+
+    @triton.jit
+    def _group(X, W, B, P, HW, G, Cg, eps, sxn, sxc, AFFINE: tl.constexpr, BLOCK_C: tl.constexpr,
+               BLOCK_S: tl.constexpr):
+        """What an apply or gradient program needs of its group: program ids, sample, channels and
+        their mask, mean, 1/std, weight and bias rows."""
+        pid_ng, pid_s, S, n, g = _program(G)
+        mean, rstd = _moments(X, P, pid_ng, S, n, g, HW, Cg, eps, sxn, sxc, BLOCK_S)
+        cols = tl.arange(0, BLOCK_C)
+        cmask = cols < Cg
+        c = g * Cg + cols
+        w, b = _affine(W, B, c, cmask, AFFINE, BLOCK_C)
+        return pid_ng, pid_s, S, n, c, cmask, mean, rstd, w, b
+
     @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "rows_per_prog"])
     def _stats_kernel(X, P, HW, G, Cg, sxn, sxc, sxhw, rows_per_prog,
                       BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid_ng = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        S = tl.num_programs(1)
-        n = pid_ng // G
-        g = pid_ng % G
+        pid_ng, pid_s, S, n, g = _program(G)
         cols = tl.arange(0, BLOCK_C)
         cmask = cols < Cg
         base = X + n * sxn + (g * Cg + cols)[None, :] * sxc
@@ -115,31 +156,16 @@ if triton is not None:
             d = tl.where(m, x - shift, 0.0)
             acc1 += d
             acc2 += d * d
-        tl.store(P + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
-        tl.store(P + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
+        _store_sums(P, pid_ng, pid_s, S, acc1, acc2)
 
     @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "syn", "rows_per_prog"])
     def _apply_kernel(X, Y, W, B, P, HW, G, Cg, eps, sxn, sxc, sxhw, syn, syc, syhw, rows_per_prog,
                       ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_S: tl.constexpr):
-        pid_ng = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        S = tl.num_programs(1)
-        n = pid_ng // G
-        g = pid_ng % G
-        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
-        mean, rstd = _moments(P, pid_ng, S, HW * Cg, eps, shift, BLOCK_S)
-        cols = tl.arange(0, BLOCK_C)
-        cmask = cols < Cg
-        c = g * Cg + cols
-        if AFFINE:
-            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
-            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            w = tl.full([BLOCK_C], 1.0, tl.float32)
-            b = tl.zeros([BLOCK_C], dtype=tl.float32)
-        scale = (w * rstd)[None, :]
-        offset = (b - mean * w * rstd)[None, :]
+        pid_ng, pid_s, S, n, c, cmask, mean, rstd, w, b = _group(X, W, B, P, HW, G, Cg, eps, sxn, sxc, AFFINE,
+                                                                 BLOCK_C, BLOCK_S)
+        scale = w * rstd
+        offset = b - mean * scale
         start = pid_s * rows_per_prog
         for r0 in range(start, start + rows_per_prog, BLOCK_HW):
             rows = r0 + tl.arange(0, BLOCK_HW)
@@ -151,8 +177,11 @@ if triton is not None:
             tl.store(Y + n * syn + c[None, :] * syc + rows[:, None] * syhw, z.to(Y.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _grad_terms(x, dy, mean, rstd, w, b, ACT: tl.constexpr):
-        """(d loss / d x-hat, x-hat) of one tile."""
+    def _grad_tile(X, DY, n, c, rows, m, sxn, sxc, sxhw, sdn, sdc, sdhw, mean, rstd, w, b, ACT: tl.constexpr):
+        """(d loss / d x-hat, x-hat) of one tile of rows: x and the output gradient loaded, the
+        SiLU's derivative taken at the recomputed pre-activation."""
+        x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + n * sdn + c[None, :] * sdc + rows[:, None] * sdhw, mask=m, other=0.0).to(tl.float32)
         xhat = (x - mean) * rstd
         if ACT:
             z = xhat * w + b
@@ -160,75 +189,39 @@ if triton is not None:
             dz = dy * sg * (1.0 + z * (1.0 - sg))
         else:
             dz = dy
-        return dz * w, xhat
+        return tl.where(m, dz * w, 0.0), xhat
 
     @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "sdn", "rows_per_prog"])
     def _grad_stats_kernel(X, DY, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw, rows_per_prog,
                            ACT: tl.constexpr, AFFINE: tl.constexpr, BLOCK_HW: tl.constexpr,
                            BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-        pid_ng = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        S = tl.num_programs(1)
-        n = pid_ng // G
-        g = pid_ng % G
-        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
-        mean, rstd = _moments(P, pid_ng, S, HW * Cg, eps, shift, BLOCK_S)
-        cols = tl.arange(0, BLOCK_C)
-        cmask = cols < Cg
-        c = g * Cg + cols
-        if AFFINE:
-            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        else:
-            w = tl.full([1, BLOCK_C], 1.0, tl.float32)
-            b = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        pid_ng, pid_s, S, n, c, cmask, mean, rstd, w, b = _group(X, W, B, P, HW, G, Cg, eps, sxn, sxc, AFFINE,
+                                                                 BLOCK_C, BLOCK_S)
         acc1 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
         start = pid_s * rows_per_prog
         for r0 in range(start, start + rows_per_prog, BLOCK_HW):
             rows = r0 + tl.arange(0, BLOCK_HW)
             m = (rows < HW)[:, None] & cmask[None, :]
-            x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
-            dy = tl.load(DY + n * sdn + c[None, :] * sdc + rows[:, None] * sdhw, mask=m, other=0.0).to(tl.float32)
-            dxh, xhat = _grad_terms(x, dy, mean, rstd, w, b, ACT)
-            dxh = tl.where(m, dxh, 0.0)
+            dxh, xhat = _grad_tile(X, DY, n, c, rows, m, sxn, sxc, sxhw, sdn, sdc, sdhw, mean, rstd, w, b, ACT)
             acc1 += dxh
             acc2 += dxh * xhat
-        tl.store(Q + (pid_ng * S + pid_s) * 2, tl.sum(tl.sum(acc1, 1), 0))
-        tl.store(Q + (pid_ng * S + pid_s) * 2 + 1, tl.sum(tl.sum(acc2, 1), 0))
+        _store_sums(Q, pid_ng, pid_s, S, acc1, acc2)
 
     @triton.jit(do_not_specialize=["HW", "G", "Cg", "sxn", "sdn", "son", "rows_per_prog"])
     def _grad_apply_kernel(X, DY, DX, W, B, P, Q, HW, G, Cg, eps, sxn, sxc, sxhw, sdn, sdc, sdhw,
                            son, soc, sohw, rows_per_prog, ACT: tl.constexpr, AFFINE: tl.constexpr,
                            BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-        pid_ng = tl.program_id(0)
-        pid_s = tl.program_id(1)
-        S = tl.num_programs(1)
-        n = pid_ng // G
-        g = pid_ng % G
-        shift = tl.load(X + n * sxn + (g * Cg) * sxc).to(tl.float32)
-        M = HW * Cg
-        mean, rstd = _moments(P, pid_ng, S, M, eps, shift, BLOCK_S)
-        offs = tl.arange(0, BLOCK_S)
-        ms = offs < S
-        m1 = tl.sum(tl.load(Q + (pid_ng * S + offs) * 2, mask=ms, other=0.0), 0) / M
-        m2 = tl.sum(tl.load(Q + (pid_ng * S + offs) * 2 + 1, mask=ms, other=0.0), 0) / M
-        cols = tl.arange(0, BLOCK_C)
-        cmask = cols < Cg
-        c = g * Cg + cols
-        if AFFINE:
-            w = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            b = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        else:
-            w = tl.full([1, BLOCK_C], 1.0, tl.float32)
-            b = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        pid_ng, pid_s, S, n, c, cmask, mean, rstd, w, b = _group(X, W, B, P, HW, G, Cg, eps, sxn, sxc, AFFINE,
+                                                                 BLOCK_C, BLOCK_S)
+        q1, q2 = _sums(Q, pid_ng, S, BLOCK_S)
+        m1 = q1 / (HW * Cg)
+        m2 = q2 / (HW * Cg)
         start = pid_s * rows_per_prog
         for r0 in range(start, start + rows_per_prog, BLOCK_HW):
             rows = r0 + tl.arange(0, BLOCK_HW)
             m = (rows < HW)[:, None] & cmask[None, :]
-            x = tl.load(X + n * sxn + c[None, :] * sxc + rows[:, None] * sxhw, mask=m, other=0.0).to(tl.float32)
-            dy = tl.load(DY + n * sdn + c[None, :] * sdc + rows[:, None] * sdhw, mask=m, other=0.0).to(tl.float32)
-            dxh, xhat = _grad_terms(x, dy, mean, rstd, w, b, ACT)
+            dxh, xhat = _grad_tile(X, DY, n, c, rows, m, sxn, sxc, sxhw, sdn, sdc, sdhw, mean, rstd, w, b, ACT)
             dx = rstd * (dxh - m1 - xhat * m2)
             tl.store(DX + n * son + c[None, :] * soc + rows[:, None] * sohw, dx.to(DX.dtype.element_ty), mask=m)
 
