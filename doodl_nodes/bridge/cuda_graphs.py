@@ -18,10 +18,10 @@ gradient graphs are recorded the model's GroupNorm (+SiLU) layers run the pack's
 kernels (``fused_norms.py``), which keep the channels-last layout end to end (22.4 -> 20.3 ms per
 SD1.5 gradient call); ``DOODL_FUSED_NORMS=0`` keeps PyTorch's norms. The no-grad graph is recorded
 from the user's weights and ops as they are. ``DOODL_CUDA_GRAPHS=0`` in the environment (or
-``cuda_graphs=False``) turns graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``) also compiles the model with torch.compile
-before recording (faster replays, about three minutes of compiling in the first run of a process,
-one in a later process that finds inductor's on-disk caches; the fused norms are then left to
-inductor).
+``cuda_graphs=False``) turns graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``)
+also compiles the model with torch.compile before recording (faster replays, about three minutes
+of compiling in the first run of a process, one in a later process that finds inductor's on-disk
+caches; the fused norms are then left to inductor).
 """
 from __future__ import annotations
 
