@@ -15,8 +15,8 @@ first), the peak ``max_memory_allocated`` after the first iteration and over the
 plan's choices.
 
 Sections (``--sections``): ``norms`` (the gradient graphs with PyTorch's norms and with the fused
-Triton norms: ms per model call and T=50 DOODL), ``knobs`` (T=50 with each memory saving forced on in turn: what each
-costs and saves), ``sd15`` (T=10 and T=50), ``batch`` (T=50, batch 1, 2, 4),
+Triton norms: ms per model call and T=50 DOODL), ``knobs`` (T=50 with each memory saving forced
+on in turn: what each costs and saves), ``sd15`` (T=10 and T=50), ``batch`` (T=50, batch 1, 2, 4),
 ``cards_sd15`` (T=50 on emulated 8 and 12 GiB cards), ``sdxl`` (1024², T=30: whole GPU, 12 and
 8 GiB), ``compile`` (two fresh processes sharing inductor's on-disk caches: compile time of each
 first iteration and the compiled seconds per iteration).
