@@ -110,5 +110,7 @@ def test_scorer_checkpointing_inside_crop_chunks_gives_the_same_gradient(encoder
         with checkpointed_blocks(scorer.modules(), enabled):
             loss = scorer.loss(x, CropConfig(7, 0.5, "mean", chunk=chunk), torch.Generator().manual_seed(2))
             grads.append(torch.autograd.grad(loss.sum(), x)[0])
-    assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+    scale = float(grads[0].abs().max())
+    assert scale > 0
+    # the chunks sum the crops' gradients in another order: float32 rounding at the gradient's scale
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5 * scale)
