@@ -53,6 +53,7 @@ _failure: Optional[str] = None
 
 
 def triton_available() -> bool:
+    """Triton is importable and its kernels have not failed in this process."""
     return triton is not None and _failure is None
 
 
@@ -70,7 +71,7 @@ def _give_up(exc: BaseException) -> None:
 
 
 def _runs_on_triton(x: torch.Tensor, groups: int) -> bool:
-    return (triton is not None and _failure is None and x.dim() >= 3 and x.numel() > 0
+    return (triton_available() and x.dim() >= 3 and x.numel() > 0
             and x.shape[1] // groups <= _MAX_GROUP_CHANNELS
             and (x.is_cuda or (_INTERPRET and x.device.type == "cpu")))
 
@@ -274,6 +275,7 @@ class _GroupNormAct(torch.autograd.Function):
                             ACT=act, AFFINE=affine, **blocks)
         ctx.save_for_backward(x, w, b, part)
         ctx.groups, ctx.eps, ctx.act, ctx.affine = groups, eps, act, affine
+        ctx.launch, ctx.hw, ctx.cg = (grid, blocks, rows), hw, cg   # the backward's grid is the forward's
         return y
 
     @staticmethod
@@ -296,9 +298,8 @@ class _GroupNormAct(torch.autograd.Function):
         dy3 = _viewable(dy).view(x3.shape)
         dx = torch.empty_like(x)
         dx3 = dx.view(x3.shape)
-        grid, blocks, rows = _launch_shape(x3, ctx.groups)
+        (grid, blocks, rows), hw, cg = ctx.launch, ctx.hw, ctx.cg
         q = torch.empty_like(part)
-        hw, cg = x3.shape[2], x3.shape[1] // ctx.groups
         common = dict(ACT=ctx.act, AFFINE=ctx.affine, **blocks)
         _grad_stats_kernel[grid](x3, dy3, w, b, part, q, hw, ctx.groups, cg, ctx.eps, *x3.stride(),
                                  *dy3.stride(), rows, **common)
