@@ -8,7 +8,8 @@ euler chain, the checkpointed chain gradient of a decode + symmetry loss, cfg 7.
 model and fp32 gradient pass both paths do the same arithmetic and must agree (this checks the
 graph machinery); in the default bf16 fast path (fp16 weights, gradient graphs from bf16 weight
 copies) the graphed gradient must be as close to the fp32 gradient as the eager bf16 one is.
-Also: the scorer networks are loaded by ComfyUI onto the GPU.
+A graphed sampling run (the model held channels-last, fused norms) replays its eager calls bit for
+bit and inverts exactly. Also: the scorer networks are loaded by ComfyUI onto the GPU.
 """
 from __future__ import annotations
 
@@ -81,12 +82,55 @@ def _compare(a, b) -> tuple[float, float]:
 
 
 def _check_graph_stats(stats: dict) -> None:
-    from doodl_nodes.bridge.cuda_graphs import fused_norms_enabled
-
     assert stats.get("graph_grad_calls", 0) > 0 and stats.get("graph_backwards", 0) > 0, stats
     assert stats.get("eager_recomputes", 0) == 0 and stats.get("eager_calls", 0) == 0, stats
-    if fused_norms_enabled():   # the gradient graphs ran SD1.5's GroupNorms as the fused kernels
-        assert stats.get("fused_group_norms", 0) > 0, stats
+    _check_layout_stats(stats)
+
+
+def _check_layout_stats(stats: dict) -> None:
+    """The run held SD1.5 channels-last end to end (``channels_last.py``): its 3x3 weights re-laid,
+    its 16 transformer blocks layout-keeping and, with Triton, its GroupNorms fused."""
+    from doodl_nodes.bridge.cuda_graphs import channels_last_enabled, fused_norms_enabled
+
+    if channels_last_enabled():
+        assert stats.get("channels_last_weights", 0) > 0, stats
+        assert stats.get("layout_keeping_transformers", 0) == 16, stats
+        if fused_norms_enabled():
+            assert stats.get("fused_group_norms", 0) == 61, stats
+
+
+def test_graphed_sampling_run_is_exact_and_replays_eager_calls(ctx):
+    """A graphed EDICT sampling run (no grad; the model held channels-last with fused norms): each
+    no-grad replay is bit-identical to the eager call made inside the same run, and inverting the
+    sampled pair with the same graphs gives the starting noise back (float64 state)."""
+    from doodl_nodes.bridge.chain import run_in_guider
+    from doodl_nodes.core.edict import edict_invert, edict_sample
+
+    model = ctx["model"]
+    sigmas = ctx["bench"].sigmas_for(model, 50)
+    shape = (1, 4, 64, 64)
+
+    def fn(chain):
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        x = chain.initial_latent(noise)
+        z = x.float()
+        s = chain.sigmas[7].float()
+        replay = chain.denoise(z, s)
+        eager = chain.call_model(z, s.reshape(1).expand(1), False)
+        x0, y0 = edict_sample(chain.denoise, x, x.clone(), chain.sigmas, input_scale=chain.input_scale)
+        xb, yb = edict_invert(chain.denoise, x0, y0, chain.sigmas, input_scale=chain.input_scale)
+        err = max(float((xb - x).abs().max()), float((yb - x).abs().max()))
+        return torch.equal(replay, eager), err, float(x.abs().max()), dict(chain.graphs.stats)
+
+    with torch.inference_mode():
+        same, err, scale, stats = run_in_guider(model, ctx["pos"], ctx["neg"], 7.5, sigmas, shape, fn,
+                                                cuda_graphs=True)
+    print(f"graphed sampling: replay == eager {same}; round trip max |error| {err:.3e} (|x| up to {scale:.3g}); "
+          f"{stats}")
+    assert same
+    assert stats.get("graph_calls", 0) >= 200 and stats.get("eager_calls", 0) == 0, stats
+    _check_layout_stats(stats)
+    assert err <= 1e-6 * scale, err
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -12,7 +12,8 @@ Autograd inside ComfyUI (docs/maintainers/comfyui-internals.md §1): we leave ``
 when gradients are needed, make the loaded weights autograd-safe and frozen every run.
 
 Speed: on CUDA the model call is recorded and replayed as CUDA graphs where safe
-(``cuda_graphs.py``; measured in benchmarks/RESULTS.md).
+(``cuda_graphs.py``), and such a run holds the model channels-last end to end
+(``channels_last.py``); both measured in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ import comfy.model_management
 import comfy.samplers
 
 from .autograd import clone_tensor_tree, make_autograd_safe
-from .cuda_graphs import GraphedGuider, cuda_graphs_enabled, graph_blockers, torch_compile_enabled
+from .channels_last import channels_last_unet
+from .cuda_graphs import (GraphedGuider, channels_last_enabled, cuda_graphs_enabled, fused_norms_enabled,
+                          graph_blockers, torch_compile_enabled)
 from .inplace_blocks import add_differentiable_blocks
 from .model_checkpointing import add_model_checkpointing
 from .safety import check_exactness_safe, check_gradient_safe, differentiable_attention_override
@@ -197,15 +200,27 @@ class _CallbackSampler(comfy.samplers.Sampler):
                         bf16_copies=self.bf16_copies and chain.bf16_autocast)
                 elif chain.device.type == "cuda":
                     log.info("DOODL: CUDA graphs off for this run: %s", "; ".join(why))
-            try:
-                with contextlib.nullcontext() if self.grad else torch.no_grad():
-                    self.result = self.fn(chain)
-            finally:
-                if chain.graphs is not None:
-                    log.debug("DOODL: CUDA graph counters of this run: %s", chain.graphs.stats)
-                    chain.graphs.close()
-                    chain.graphs = None
+            with self._layout(chain):
+                try:
+                    with contextlib.nullcontext() if self.grad else torch.no_grad():
+                        self.result = self.fn(chain)
+                finally:
+                    if chain.graphs is not None:
+                        log.debug("DOODL: CUDA graph counters of this run: %s", chain.graphs.stats)
+                        chain.graphs.close()
+                        chain.graphs = None
             return torch.zeros_like(noise)
+
+    @contextlib.contextmanager
+    def _layout(self, chain: ChainModel):
+        """A graphed, uncompiled run holds the diffusion model channels-last end to end
+        (``channels_last.py``) for the whole run, graphs and eager calls alike."""
+        if chain.graphs is None or self.torch_compile or not channels_last_enabled():
+            yield
+            return
+        with channels_last_unet(chain.base_model.diffusion_model, fused_norms_enabled()) as counts:
+            chain.graphs.stats.update(counts)
+            yield
 
 
 def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,

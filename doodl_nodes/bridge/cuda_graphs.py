@@ -10,18 +10,19 @@ only where that is safe (model fully on the GPU, no patches/wrappers/hooks/Contr
 ranges, one latent shape); anything else, a failed capture, or a replay order that would clobber a
 slot's saved activations falls back to the ordinary eager call (the backward then recomputes the
 call eagerly from its saved input). No-grad replays are bit-identical to eager calls (measured), so
-EDICT sampling/inversion give the same numbers with or without graphs. The gradient graphs of a
+EDICT sampling/inversion give the same numbers in every graphed run. The gradient graphs of a
 model stored in fp16/fp32 run it as a bf16 model from channels-last bf16 copies of its weights
 (made once per run) instead of under bf16 autocast: same precision class, ~5e-3 relative difference
-in one call's input gradient against the eager autocast path (measured, SD1.5). While the
-gradient graphs are recorded the model's GroupNorm (+SiLU) layers run the pack's fused Triton
-kernels (``fused_norms.py``), which keep the channels-last layout end to end (22.4 -> 20.3 ms per
-SD1.5 gradient call); ``DOODL_FUSED_NORMS=0`` keeps PyTorch's norms. The no-grad graph is recorded
-from the user's weights and ops as they are. ``DOODL_CUDA_GRAPHS=0`` in the environment (or
-``cuda_graphs=False``) turns graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``)
-also compiles the model with torch.compile before recording (faster replays, about three minutes
-of compiling in the first run of a process, one in a later process that finds inductor's on-disk
-caches; the fused norms are then left to inductor).
+in one call's input gradient against the eager autocast path (measured, SD1.5). An uncompiled
+graphed run holds the model channels-last end to end for the whole run (``channels_last.py``,
+switched by ``chain.py``: weights re-laid in place, fused Triton GroupNorm(+SiLU) kernels,
+layout-keeping transformer blocks), so the recorded graphs and any eager call inside the run
+compute the same function; ``DOODL_CHANNELS_LAST=0`` turns that off and ``DOODL_FUSED_NORMS=0``
+keeps PyTorch's norms. ``DOODL_CUDA_GRAPHS=0`` in the environment (or ``cuda_graphs=False``) turns
+graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``) also compiles the model with
+torch.compile before recording (faster replays, about three minutes of compiling in the first run
+of a process, one in a later process that finds inductor's on-disk caches; layouts and norms are
+then left to inductor).
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ import torch
 import comfy.model_management
 
 from ..core.fused_norm import triton_available
-from .fused_norms import fused_group_norms
 
 __all__ = ["GraphedGuider", "graph_blockers", "cuda_graphs_enabled", "torch_compile_enabled",
-           "fused_norms_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV", "FUSED_NORMS_ENV"]
+           "fused_norms_enabled", "channels_last_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV",
+           "FUSED_NORMS_ENV", "CHANNELS_LAST_ENV"]
 
 log = logging.getLogger("doodl")
 
@@ -67,6 +68,13 @@ def torch_compile_enabled(requested: Optional[bool] = None) -> bool:
 
 
 FUSED_NORMS_ENV = "DOODL_FUSED_NORMS"
+CHANNELS_LAST_ENV = "DOODL_CHANNELS_LAST"
+
+
+def channels_last_enabled() -> bool:
+    """Whether a graphed, uncompiled run holds the model channels-last end to end
+    (``channels_last.py``): unless ``DOODL_CHANNELS_LAST`` is "0"/"false"/"off" (default on)."""
+    return os.environ.get(CHANNELS_LAST_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def fused_norms_enabled() -> bool:
@@ -327,17 +335,6 @@ class GraphedGuider:
             for owner, leaf, original in reversed(swapped):
                 owner._parameters[leaf] = original
 
-    @contextlib.contextmanager
-    def _norms(self):
-        """Within the context the diffusion model's GroupNorm(+SiLU) layers run the fused kernels
-        (``fused_norms.py``), when enabled and the model is not compiled (inductor fuses them its
-        own way). Yields how many norms were swapped."""
-        if self.compile or not fused_norms_enabled():
-            yield 0
-            return
-        with fused_group_norms(self.base_model.diffusion_model) as n:
-            yield n
-
     def _warmup(self, fn) -> None:
         torch.cuda.synchronize(self.device)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -416,7 +413,7 @@ class GraphedGuider:
             out = self.call(sz, ss, True, cache_enabled=False, autocast=autocast)
             torch.autograd.grad(out, sz, torch.ones_like(out))
 
-        with torch.enable_grad(), self._weights(shadows), self._norms() as fused:
+        with torch.enable_grad(), self._weights(shadows):
             self._warmup(fwd_bwd)
             pool = torch.cuda.graph_pool_handle()
             fwd = torch.cuda.CUDAGraph()
@@ -429,7 +426,6 @@ class GraphedGuider:
                                   capture_error_mode="thread_local"):
                 (gz,) = torch.autograd.grad(out, sz, gout)
         self.stats["captures"] += 2
-        self.stats["fused_group_norms"] = fused
         return _Slot(fwd, bwd, sz, ss, out.detach(), gout, gz)
 
     def _grad_call(self, z, s):

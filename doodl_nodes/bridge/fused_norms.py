@@ -19,10 +19,19 @@ from ..core.fused_norm import group_norm_act
 __all__ = ["fused_group_norms"]
 
 
+def _comfy_path(norm: torch.nn.GroupNorm, x: torch.Tensor) -> bool:
+    """Whether the norm must run ComfyUI's own forward: weight patches, weights ComfyUI casts or
+    moves at each call (manual cast, offloading), weights of another dtype or device than the input,
+    or autocast (which runs group_norm in float32)."""
+    w = norm.weight
+    return bool(getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None)
+                or getattr(norm, "comfy_cast_weights", False) or torch.is_autocast_enabled(x.device.type)
+                or (w is not None and (w.device != x.device or w.dtype != x.dtype)))
+
+
 def _fused_forward(norm: torch.nn.GroupNorm, act: bool, original, x: torch.Tensor) -> torch.Tensor:
-    if (getattr(norm, "weight_function", None) or getattr(norm, "bias_function", None)
-            or (norm.weight is not None and norm.weight.device != x.device)):
-        y = original(x)   # weight patches or offloaded weights: ComfyUI's own path
+    if _comfy_path(norm, x):
+        y = original(x)
         return torch.nn.functional.silu(y) if act else y
     return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, act=act)
 
