@@ -247,6 +247,22 @@ def section_norms(res, ctx, steps: int, iterations: int, reps: int) -> None:
         res.put("norms", name, {"calls": costs, "doodl": row})
 
 
+def compile_phases() -> dict:
+    """Where this process's compiling went: Dynamo's per-phase seconds (tracing, AOTAutograd,
+    inductor, cache lookups) and its cache hit/miss counters."""
+    from torch._dynamo import utils
+
+    out: dict = {"seconds": {}, "counters": {}}
+    with contextlib.suppress(Exception):
+        table = utils.compile_times(repr="csv", aggregate=True)   # (names, values)
+        out["seconds"] = {name: float(value) for name, value in zip(*table)}
+    for group in ("aot_autograd", "inductor", "stats"):
+        with contextlib.suppress(Exception):
+            out["counters"][group] = {k: v for k, v in utils.counters[group].items()
+                                      if "cache" in k or k in ("unique_graphs", "calls_captured")}
+    return out
+
+
 def section_compile(args, res) -> None:
     """Two fresh processes, one after the other, sharing inductor's caches on disk."""
     cache = Path(args.out) / "inductor_cache" if args.tiny else Path("/tmp/doodl_inductor_cache")
@@ -290,6 +306,7 @@ def main(argv=None):
     if sections == ["compile_once"]:           # the child process of section_compile
         ctx = build_context("sd15", args.tiny, out_dir)
         row = run_row(ctx, ctx["model"], steps=T50, iterations=it, label="sd15 compiled")
+        row["compile_phases"] = compile_phases()
         Path(args.compile_result).write_text(json.dumps(row, default=str))
         return 0 if row["completed"] else 1
 

@@ -265,14 +265,18 @@ def run_in_guider(model, positive, negative, cfg: float, sigmas: torch.Tensor,
         mp.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = override
     if extra_patchers:
         mp.set_additional_models("doodl", list(extra_patchers))
-    if grad:
-        comfy.model_management.load_models_gpu([mp] + list(extra_patchers), force_full_load=True)
     guider = comfy.samplers.CFGGuider(mp)
     guider.set_conds(positive, negative)
     guider.set_cfg(float(cfg))
     sampler = _CallbackSampler(fn, grad, precision, extra_modules, cuda_graphs_enabled(cuda_graphs),
                                torch_compile_enabled(torch_compile), bf16_copies)
-    with torch.inference_mode(False):
+    # ComfyUI loads (moves) the models and prepares the conds in inference mode, as its own samplers
+    # do; only our sampler's body leaves it. A weight that ComfyUI moves to the GPU outside inference
+    # mode becomes a tensor without a version counter, which then fails every later call
+    # ("Inference tensors do not track version counter", measured on an H200, 2026-12-02).
+    with torch.inference_mode():
+        if grad:
+            comfy.model_management.load_models_gpu([mp] + list(extra_patchers), force_full_load=True)
         zeros = torch.zeros(tuple(latent_shape), dtype=torch.float32)
         guider.sample(zeros, zeros.clone(), sampler, sigmas.detach().clone(), seed=int(seed),
                       disable_pbar=True)

@@ -51,3 +51,18 @@ def _knobs():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)   # defines the tables; ComfyUI is set up only by main()
     return module.KNOBS
+
+
+def test_bench_calls_tiny_runs(tmp_path):
+    """benchmarks/bench_calls.py (where a model call's time goes) runs every variant on the CPU: each
+    no-grad variant computes the call it replaces (float32 rounding apart), each gradient variant a
+    finite gradient."""
+    root = require_comfyui()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_calls.py"), "--tiny", "--out", str(tmp_path),
+                           "--comfyui", str(root)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    calls = json.loads((tmp_path / "results_calls_tiny.json").read_text())["sections"]["calls"]["sd15"]
+    assert len(calls["nograd"]) == 4 and len(calls["grad"]) == 2
+    assert all(row["rel_vs_before"] < 1e-4 for row in calls["nograd"].values()), calls["nograd"]
+    assert all(math.isfinite(row["grad_rel_vs_before"]) for row in calls["grad"].values()), calls["grad"]
