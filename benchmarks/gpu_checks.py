@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,12 @@ def test_graphed_sampling_run_is_exact_and_replays_eager_calls(ctx):
         s = chain.sigmas[7].float()
         replay = chain.denoise(z, s)
         eager = chain.call_model(z, s.reshape(1).expand(1), False)
+        assert chain.graphs is not None, "a no-grad run on a freshly loaded model must record its calls"
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
         x0, y0 = edict_sample(chain.denoise, x, x.clone(), chain.sigmas, input_scale=chain.input_scale)
+        torch.cuda.synchronize()
+        chain.graphs.stats["sample_s"] = round(time.perf_counter() - t0, 3)   # printed, not asserted
         xb, yb = edict_invert(chain.denoise, x0, y0, chain.sigmas, input_scale=chain.input_scale)
         err = max(float((xb - x).abs().max()), float((yb - x).abs().max()))
         return torch.equal(replay, eager), err, float(x.abs().max()), dict(chain.graphs.stats)
@@ -167,7 +173,10 @@ def test_fused_group_norm_kernels_match_pytorch_on_the_gpu(dtype):
 @pytest.mark.parametrize("chain_kind", ["edict", "euler"])
 def test_graphed_iteration_equals_eager_in_fp32(ctx, chain_kind):
     """The graph machinery itself (captures, the one grad slot reused by the split VJP, replays):
-    with an fp32 model and fp32 gradient pass both paths do the same arithmetic."""
+    with an fp32 model and fp32 gradient pass both paths compute the same function. Not bit for
+    bit: the graphed run holds the model channels-last with fused norms (other fp32 kernels), and
+    EDICT's coupled chain amplifies those rounding differences (run 14: loss 2.1e-4 relative for
+    EDICT, 4.9e-6 for Euler, gradients 4.9e-3 / 6.6e-3 as before the layout change)."""
     model32 = ctx["model_fp32"]
     # true fp32: TF32 convolutions (PyTorch's default) may pick other algorithms under capture
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -182,7 +191,7 @@ def test_graphed_iteration_equals_eager_in_fp32(ctx, chain_kind):
     cos, rel = _compare(grads_g, grads_e)
     print(f"fp32 {chain_kind}: loss {loss_g:.8g} vs {loss_e:.8g}; grad cos {cos:.8f}, rel {rel:.3e}; {stats}")
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads_g)
-    assert abs(loss_g - loss_e) <= 1e-4 * abs(loss_e) and rel < 1e-2, (loss_g, loss_e, rel)
+    assert abs(loss_g - loss_e) <= 1e-3 * abs(loss_e) and rel < 1e-2, (loss_g, loss_e, rel)
 
 
 @pytest.mark.parametrize("chain_kind", ["edict", "euler"])

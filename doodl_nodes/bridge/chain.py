@@ -192,7 +192,7 @@ class _CallbackSampler(comfy.samplers.Sampler):
                                        and model_wrap.inner_model.get_dtype() != torch.bfloat16
                                        and model_wrap.inner_model.manual_cast_dtype != torch.bfloat16)
             if self.cuda_graphs:
-                why = graph_blockers(model_wrap, extra_args, chain.device)
+                why = graph_blockers(model_wrap, extra_args, chain.device, grad=self.grad)
                 if not why:
                     chain.graphs = GraphedGuider(
                         chain.call_model, chain.base_model, noise.shape, chain.device,

@@ -114,8 +114,11 @@ def _only_ours(tree) -> bool:
     return True
 
 
-def graph_blockers(model_wrap, extra_args: dict, device: torch.device) -> list[str]:
-    """Why the model call cannot be recorded as a CUDA graph (empty: it can)."""
+def graph_blockers(model_wrap, extra_args: dict, device: torch.device, grad: bool = True) -> list[str]:
+    """Why the model call cannot be recorded as a CUDA graph (empty: it can). ``grad``: the run
+    differentiates the calls (weights that require grad would then get gradients recorded); a
+    no-grad run (EDICT sampling and inversion) records under ``no_grad``, where that cannot happen,
+    so the weights of a freshly loaded model (ComfyUI leaves ``requires_grad`` on) do not block it."""
     if device.type != "cuda":
         return [f"device {device} is not CUDA"]
     why = []
@@ -125,7 +128,7 @@ def graph_blockers(model_wrap, extra_args: dict, device: torch.device) -> list[s
     params = list(base.parameters())
     if any(p.device != device for p in params):
         why.append("not every model weight is on the GPU")
-    if any(p.requires_grad for p in params):
+    if grad and any(p.requires_grad for p in params):
         why.append("model weights require grad")
     options = [extra_args.get("model_options") or {}, getattr(model_wrap, "model_options", None) or {}]
     for mo in options:

@@ -57,3 +57,27 @@ def test_graphs_are_not_used_off_cuda_or_on_patched_models():
     assert graphs is None  # CPU: never recorded
     assert any("not every model weight is on the GPU" in w for w in why_plain)
     assert any("wrappers" in w for w in why_patched)
+
+
+def test_weights_that_require_grad_block_only_gradient_runs():
+    """ComfyUI's loaders leave ``requires_grad`` on: a no-grad run (EDICT sampling or inversion on a
+    freshly loaded model) still records its calls (under no_grad nothing is recorded for the
+    weights); a gradient run freezes the weights first, and refuses to record unfrozen ones."""
+    require_comfyui()
+    from doodl_nodes.bridge.chain import run_in_guider
+    from doodl_nodes.bridge.cuda_graphs import graph_blockers
+    from tests.comfy.setups import tiny_setup
+
+    model, _, pos, neg, sigmas = tiny_setup("eps", steps=2)
+
+    def fn(chain):
+        base = chain.model_wrap.inner_model
+        unfrozen = any(p.requires_grad for p in base.parameters())
+        return unfrozen, [graph_blockers(chain.model_wrap, chain.extra_args, torch.device("cuda"), grad=g)
+                          for g in (False, True)]
+
+    with torch.inference_mode():
+        unfrozen, (why_nograd, why_grad) = run_in_guider(model, pos, neg, 2.0, sigmas, (1, 4, 8, 8), fn)
+    assert unfrozen   # as the loader left it
+    assert not any("require grad" in w for w in why_nograd), why_nograd
+    assert any("require grad" in w for w in why_grad), why_grad
