@@ -7,10 +7,10 @@ kind (convolution, matrix product, attention, normalization, layout conversion, 
 the copy operators of the default variants grouped by the source line that made them.
 
 No-grad variants (the DOODL forward walk and EDICT sampling run this call): as recorded before
-run 13 (the user's fp16 weights, NCHW, PyTorch's norms), channels-last weights + fused norms, and
-``channels_last_unet`` (``bridge/channels_last.py``) with and without the fused norms. Gradient
-variants (forward + backward, from the bf16 weight copies): fused norms as before run 13, and
-``channels_last_unet``. (ComfyUI picks the attention kernel itself, cuDNN's first on this GPU:
+run 13 (the user's fp16 weights, NCHW, PyTorch's norms), channels-last weights + fused norms, the
+whole layout with fused norms (run 13's default) and ``fast_unet`` (``bridge/fast_unet.py``: that
+plus the fused GEGLU gates). Gradient variants (forward + backward, from the bf16 weight copies):
+fused norms as before run 13, run 13's default, and ``fast_unet``. (ComfyUI picks the attention kernel itself, cuDNN's first on this GPU:
 a ``sdpa_kernel`` context around its call changes nothing, run 12.)
 
     python3 benchmarks/bench_calls.py --out $OUT --comfyui .carry/ComfyUI
@@ -140,7 +140,8 @@ def copies_by_source(fn) -> list:
 
 
 def measure(ctx, reps: int, log) -> dict:
-    from doodl_nodes.bridge.channels_last import channels_last_unet, channels_last_weights
+    from doodl_nodes.bridge.channels_last import channels_last_weights, layout_keeping_transformers
+    from doodl_nodes.bridge.fast_unet import fast_unet
     from doodl_nodes.bridge.chain import run_in_guider
     from doodl_nodes.bridge.cuda_graphs import GraphedGuider
     from doodl_nodes.bridge.fused_norms import fused_group_norms
@@ -161,12 +162,15 @@ def measure(ctx, reps: int, log) -> dict:
             with torch.no_grad():
                 return chain.call_model(z, s_in, False)
 
-        # (name, context factory): the no-grad call as recorded before run 13, and now
+        def layout_and_norms():   # run 13's default: fast_unet without the fused GEGLU gates
+            return _stacked(channels_last_weights(dm), layout_keeping_transformers(dm), fused_group_norms(dm))
+
+        # (name, context factory): the no-grad call as recorded before run 13, and since
         variants = [("NCHW, PyTorch norms (before)", contextlib.nullcontext),
                     ("channels-last weights + fused norms", lambda: _stacked(channels_last_weights(dm),
                                                                              fused_group_norms(dm))),
-                    ("channels_last_unet without fused norms", lambda: channels_last_unet(dm, fused_norms=False)),
-                    ("channels_last_unet (default)", lambda: channels_last_unet(dm))]
+                    ("channels-last, fused norms (run 13)", layout_and_norms),
+                    ("fast_unet (default)", lambda: fast_unet(dm))]
         for name, make in variants:
             row: dict = {}
             with make():
@@ -194,7 +198,8 @@ def measure(ctx, reps: int, log) -> dict:
         zg = z.clone().requires_grad_(True)
         grad_ref = None
         variants = [("bf16 copies + fused norms (before)", lambda: fused_group_norms(dm)),
-                    ("channels_last_unet (default)", lambda: channels_last_unet(dm))]
+                    ("channels-last, fused norms (run 13)", layout_and_norms),
+                    ("fast_unet (default)", lambda: fast_unet(dm))]
         for name, make in variants:
             row = {}
             with make():

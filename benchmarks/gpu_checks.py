@@ -89,15 +89,16 @@ def _check_graph_stats(stats: dict) -> None:
 
 
 def _check_layout_stats(stats: dict) -> None:
-    """The run held SD1.5 channels-last end to end (``channels_last.py``): its 3x3 weights re-laid,
-    its 16 transformer blocks layout-keeping and, with Triton, its GroupNorms fused."""
-    from doodl_nodes.bridge.cuda_graphs import channels_last_enabled, fused_norms_enabled
+    """The run held SD1.5 channels-last end to end with fused kernels (``fast_unet.py``): its 3x3
+    weights re-laid, its 16 transformer blocks layout-keeping and, with Triton, its 61 GroupNorms
+    and 16 GEGLU gates fused."""
+    from doodl_nodes.bridge.cuda_graphs import channels_last_enabled, fused_kernels_enabled
 
     if channels_last_enabled():
         assert stats.get("channels_last_weights", 0) > 0, stats
         assert stats.get("layout_keeping_transformers", 0) == 16, stats
-        if fused_norms_enabled():
-            assert stats.get("fused_group_norms", 0) == 61, stats
+    if fused_kernels_enabled():
+        assert stats.get("fused_group_norms", 0) == 61 and stats.get("fused_geglus", 0) == 16, stats
 
 
 def test_graphed_sampling_run_is_exact_and_replays_eager_calls(ctx):
@@ -137,6 +138,30 @@ def test_graphed_sampling_run_is_exact_and_replays_eager_calls(ctx):
     assert stats.get("graph_calls", 0) >= 200 and stats.get("eager_calls", 0) == 0, stats
     _check_layout_stats(stats)
     assert err <= 1e-6 * scale, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_geglu_kernels_match_pytorch_on_the_gpu(dtype):
+    """core/fused_geglu.py's Triton kernels at SD1.5's shapes (batch 2: tokens x 2 * 4 * channels)
+    against PyTorch's ``a * gelu(g)`` in float64: values and input gradients."""
+    from doodl_nodes.core.fused_geglu import geglu, geglu_reference
+
+    for tokens, width in [(4096, 2560), (1024, 5120), (256, 10240), (64, 10240)]:
+        g = torch.Generator(device="cuda").manual_seed(tokens + width)
+        h = torch.randn(2, tokens, width, device="cuda", generator=g, dtype=torch.float64) * 2
+        dy = torch.randn(2, tokens, width // 2, device="cuda", generator=g, dtype=torch.float64)
+        hf = h.to(dtype).requires_grad_(True)
+        yf = geglu(hf)
+        (gf,) = torch.autograd.grad(yf, hf, dy.to(dtype))
+        assert type(yf.grad_fn).__name__ == "_GEGLUBackward"
+        hr = h.clone().requires_grad_(True)
+        yr = geglu_reference(hr)
+        (gr,) = torch.autograd.grad(yr, hr, dy)
+        y_rel = float((yf.double() - yr).norm() / yr.norm())
+        g_rel = float((gf.double() - gr).norm() / gr.norm())
+        print(f"geglu {dtype} {tokens}x{width}: y rel {y_rel:.2e}, grad rel {g_rel:.2e}")
+        bound = 1e-2 if dtype == torch.bfloat16 else 2e-6
+        assert y_rel < bound and g_rel < bound, (tokens, width, y_rel, g_rel)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

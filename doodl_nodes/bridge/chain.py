@@ -12,8 +12,8 @@ Autograd inside ComfyUI (docs/maintainers/comfyui-internals.md §1): we leave ``
 when gradients are needed, make the loaded weights autograd-safe and frozen every run.
 
 Speed: on CUDA the model call is recorded and replayed as CUDA graphs where safe
-(``cuda_graphs.py``), and such a run holds the model channels-last end to end
-(``channels_last.py``); both measured in benchmarks/RESULTS.md.
+(``cuda_graphs.py``), and such a run holds the model channels-last end to end with fused kernels
+(``fast_unet.py``); both measured in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import comfy.model_management
 import comfy.samplers
 
 from .autograd import clone_tensor_tree, make_autograd_safe
-from .channels_last import channels_last_unet
-from .cuda_graphs import (GraphedGuider, channels_last_enabled, cuda_graphs_enabled, fused_norms_enabled,
+from .cuda_graphs import (GraphedGuider, channels_last_enabled, cuda_graphs_enabled, fused_kernels_enabled,
                           graph_blockers, torch_compile_enabled)
+from .fast_unet import fast_unet
 from .inplace_blocks import add_differentiable_blocks
 from .model_checkpointing import add_model_checkpointing
 from .safety import check_exactness_safe, check_gradient_safe, differentiable_attention_override
@@ -213,12 +213,13 @@ class _CallbackSampler(comfy.samplers.Sampler):
 
     @contextlib.contextmanager
     def _layout(self, chain: ChainModel):
-        """A graphed, uncompiled run holds the diffusion model channels-last end to end
-        (``channels_last.py``) for the whole run, graphs and eager calls alike."""
-        if chain.graphs is None or self.torch_compile or not channels_last_enabled():
+        """A graphed, uncompiled run holds the diffusion model channels-last with fused kernels
+        (``fast_unet.py``) for the whole run, graphs and eager calls alike."""
+        layout, fused = channels_last_enabled(), fused_kernels_enabled()
+        if chain.graphs is None or self.torch_compile or not (layout or fused):
             yield
             return
-        with channels_last_unet(chain.base_model.diffusion_model, fused_norms_enabled()) as counts:
+        with fast_unet(chain.base_model.diffusion_model, layout, fused) as counts:
             chain.graphs.stats.update(counts)
             yield
 

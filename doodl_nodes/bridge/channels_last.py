@@ -1,4 +1,4 @@
-"""Run a ComfyUI UNet channels-last end to end for the duration of a CUDA-graph run.
+"""Run a ComfyUI UNet channels-last end to end (held by ``fast_unet.py`` for a graphed run).
 
 Why (measured on an H200, benchmarks/RESULTS.md run 12): with ComfyUI's NCHW weights, cuDNN turns
 every convolution's input to NHWC and back (3.1 of 11.7 ms of an SD1.5 no-grad call); PyTorch's
@@ -6,52 +6,35 @@ GroupNorm returns NCHW whatever it is given; and ComfyUI's ``SpatialTransformer`
 ``.contiguous()`` copy, so a channels-last model is converted back and forth around every norm and
 every transformer, and its residual adds mix layouts (strided, unvectorized kernels).
 
-Within :func:`channels_last_unet`:
+- :func:`channels_last_weights`: the model's 4-D weights re-laid channels-last **in place** (same
+  values, same device, same ``Parameter`` objects; one weight at a time, so no second copy of the
+  model), NCHW again on exit;
+- :func:`layout_keeping_transformers`: its ``SpatialTransformer`` blocks run
+  :func:`_layout_keeping_forward`, ComfyUI's forward with the final reshape left as a channels-last
+  view instead of an NCHW copy (only where the class's forward is the one this was written
+  against, see :data:`KNOWN_FORWARDS`).
 
-- the diffusion model's 4-D weights are re-laid channels-last **in place** (same values, same
-  device, same ``Parameter`` objects; one weight at a time, so no second copy of the model), and
-  put back to NCHW on exit;
-- its GroupNorm (+SiLU) layers run the fused kernels of ``fused_norms.py``, which keep the layout;
-- its ``SpatialTransformer`` blocks run :func:`_layout_keeping_forward`, ComfyUI's forward with the
-  final reshape left as a channels-last view instead of an NCHW copy (applied only where the
-  class's forward is the one this was written against, see :data:`KNOWN_FORWARDS`).
-
-Only the run's own calls see this (``chain.py`` holds the context around the whole run, so eager
-calls inside it and the recorded graphs compute the same function); ComfyUI gets its model back as
-it was. The values differ from an NCHW call only by floating-point rounding (5e-4 relative in fp16).
+With the fused GroupNorm kernels (which keep the layout) the model then stays channels-last from the
+first convolution to the last. The values differ from an NCHW call only by floating-point rounding
+(5e-4 relative in fp16).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import inspect
 import logging
 
 import torch
 
-from .fused_norms import fused_group_norms
+from .fingerprints import forward_fingerprint
 
-__all__ = ["channels_last_unet", "channels_last_weights", "layout_keeping_transformers", "forward_fingerprint",
-           "KNOWN_FORWARDS"]
+__all__ = ["channels_last_weights", "layout_keeping_transformers", "KNOWN_FORWARDS"]
 
 log = logging.getLogger("doodl")
 
 #: fingerprints (:func:`forward_fingerprint`) of the ``SpatialTransformer.forward`` that
 #: :func:`_layout_keeping_forward` reproduces (ComfyUI 0.3.64); another version keeps its own forward
 KNOWN_FORWARDS = frozenset({"b1ff85f3b8b6c59d"})
-
-
-def forward_fingerprint(fn) -> str:
-    """A hash of a function's source, ignoring indentation, blank lines and comments ("" if the
-    source cannot be read)."""
-    try:
-        src = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return ""
-    lines = [line.strip() for line in src.splitlines()]
-    text = "\n".join(line for line in lines if line and not line.startswith("#"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -127,13 +110,3 @@ def layout_keeping_transformers(module: torch.nn.Module):
         for m in swapped:
             with contextlib.suppress(AttributeError):
                 del m.forward
-
-
-@contextlib.contextmanager
-def channels_last_unet(diffusion_model: torch.nn.Module, fused_norms: bool = True):
-    """The three changes of the module docstring for the context. Yields the counts:
-    ``{"channels_last_weights", "fused_group_norms", "layout_keeping_transformers"}``."""
-    norms = fused_group_norms(diffusion_model) if fused_norms else contextlib.nullcontext(0)
-    with channels_last_weights(diffusion_model) as w, norms as n, \
-            layout_keeping_transformers(diffusion_model) as t:
-        yield {"channels_last_weights": w, "fused_group_norms": n, "layout_keeping_transformers": t}

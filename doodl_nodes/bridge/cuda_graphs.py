@@ -14,15 +14,14 @@ EDICT sampling/inversion give the same numbers in every graphed run. The gradien
 model stored in fp16/fp32 run it as a bf16 model from channels-last bf16 copies of its weights
 (made once per run) instead of under bf16 autocast: same precision class, ~5e-3 relative difference
 in one call's input gradient against the eager autocast path (measured, SD1.5). An uncompiled
-graphed run holds the model channels-last end to end for the whole run (``channels_last.py``,
-switched by ``chain.py``: weights re-laid in place, fused Triton GroupNorm(+SiLU) kernels,
-layout-keeping transformer blocks), so the recorded graphs and any eager call inside the run
-compute the same function; ``DOODL_CHANNELS_LAST=0`` turns that off and ``DOODL_FUSED_NORMS=0``
-keeps PyTorch's norms. ``DOODL_CUDA_GRAPHS=0`` in the environment (or ``cuda_graphs=False``) turns
-graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``) also compiles the model with
-torch.compile before recording (faster replays, about three minutes of compiling in the first run
-of a process, one in a later process that finds inductor's on-disk caches; layouts and norms are
-then left to inductor).
+graphed run holds the model channels-last end to end with fused Triton kernels for its norms and
+GEGLU gates for the whole run (``fast_unet.py``, switched by ``chain.py``), so the recorded graphs and
+any eager call inside the run compute the same function; ``DOODL_CHANNELS_LAST=0`` keeps the
+layout and ``DOODL_FUSED_KERNELS=0`` PyTorch's ops. ``DOODL_CUDA_GRAPHS=0`` in the environment (or
+``cuda_graphs=False``) turns graphs off; ``DOODL_TORCH_COMPILE=1`` (or ``torch_compile=True``)
+also compiles the model with torch.compile before recording (about three minutes of compiling in
+the first run of a process, one in a later process that finds inductor's on-disk caches; layouts
+and fusions are then left to inductor).
 """
 from __future__ import annotations
 
@@ -39,8 +38,8 @@ import comfy.model_management
 from ..core.fused_norm import triton_available
 
 __all__ = ["GraphedGuider", "graph_blockers", "cuda_graphs_enabled", "torch_compile_enabled",
-           "fused_norms_enabled", "channels_last_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV",
-           "FUSED_NORMS_ENV", "CHANNELS_LAST_ENV"]
+           "fused_kernels_enabled", "channels_last_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV",
+           "FUSED_KERNELS_ENV", "FUSED_NORMS_ENV", "CHANNELS_LAST_ENV"]
 
 log = logging.getLogger("doodl")
 
@@ -67,22 +66,27 @@ def torch_compile_enabled(requested: Optional[bool] = None) -> bool:
     return os.environ.get(TORCH_COMPILE_ENV, "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-FUSED_NORMS_ENV = "DOODL_FUSED_NORMS"
+FUSED_KERNELS_ENV = "DOODL_FUSED_KERNELS"
+FUSED_NORMS_ENV = "DOODL_FUSED_NORMS"   # its earlier name, still honoured
 CHANNELS_LAST_ENV = "DOODL_CHANNELS_LAST"
+
+
+def _switched_off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "off", "no")
 
 
 def channels_last_enabled() -> bool:
     """Whether a graphed, uncompiled run holds the model channels-last end to end
     (``channels_last.py``): unless ``DOODL_CHANNELS_LAST`` is "0"/"false"/"off" (default on)."""
-    return os.environ.get(CHANNELS_LAST_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    return not _switched_off(CHANNELS_LAST_ENV)
 
 
-def fused_norms_enabled() -> bool:
-    """Whether the gradient graphs run the model's GroupNorm(+SiLU) layers as the pack's Triton
-    kernels (``core/fused_norm.py``): when Triton is importable, unless ``DOODL_FUSED_NORMS`` is
+def fused_kernels_enabled() -> bool:
+    """Whether a graphed, uncompiled run runs the model's GroupNorm(+SiLU) layers and GEGLU gates as
+    the pack's Triton kernels (``core/fused_norm.py``, ``core/fused_geglu.py``): when Triton is
+    importable, unless ``DOODL_FUSED_KERNELS`` (or its earlier name ``DOODL_FUSED_NORMS``) is
     "0"/"false"/"off" (an escape hatch; default on)."""
-    return triton_available() and os.environ.get(FUSED_NORMS_ENV, "1").strip().lower() not in (
-        "0", "false", "off", "no")
+    return triton_available() and not (_switched_off(FUSED_KERNELS_ENV) or _switched_off(FUSED_NORMS_ENV))
 
 
 # ---------------------------------------------------------------------------------------------

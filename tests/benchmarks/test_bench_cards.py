@@ -63,6 +63,6 @@ def test_bench_calls_tiny_runs(tmp_path):
                            "--comfyui", str(root)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     calls = json.loads((tmp_path / "results_calls_tiny.json").read_text())["sections"]["calls"]["sd15"]
-    assert len(calls["nograd"]) == 4 and len(calls["grad"]) == 2
+    assert len(calls["nograd"]) == 4 and len(calls["grad"]) == 3
     assert all(row["rel_vs_before"] < 1e-4 for row in calls["nograd"].values()), calls["nograd"]
     assert all(math.isfinite(row["grad_rel_vs_before"]) for row in calls["grad"].values()), calls["grad"]

@@ -1,6 +1,7 @@
 """Run in a subprocess with ``TRITON_INTERPRET=1``: one tiny ComfyUI UNet's forward and input
 gradient, plain and inside ``fused_group_norms`` (the Triton kernels run on the CPU through Triton's
-interpreter), with the weights in channels-last as the gradient graphs hold them. Prints one JSON line."""
+interpreter), with the weights in channels-last as the gradient graphs hold them; then the same for
+``fused_geglus`` alone and with the norms. Prints two JSON lines."""
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import torch  # noqa: E402
 from tests.comfyui_env import require_comfyui  # noqa: E402
 
 require_comfyui()
+from doodl_nodes.bridge.fused_geglus import fused_geglus  # noqa: E402
 from doodl_nodes.bridge.fused_norms import fused_group_norms  # noqa: E402
 from tests.comfy.tiny_models import load_tiny_model, tiny_conditioning  # noqa: E402
 
@@ -48,6 +50,25 @@ with fused_group_norms(dm) as swapped:
                     if "forward" in m.__dict__})
     fused_out, fused_grad = call()
 restored = not any("forward" in m.__dict__ for m in dm.modules())
+
+# the GEGLU gates (fused_geglus.py) on the same model, alone and together with the norms
+grad_fns = []
+hooks = [m.register_forward_hook(lambda mod, args, out: grad_fns.append(type(out.grad_fn).__name__))
+         for m in dm.modules() if type(m).__name__ == "GEGLU"]
+with fused_geglus(dm) as geglus:
+    geglu_out, geglu_grad = call()
+with fused_geglus(dm), fused_group_norms(dm):
+    both_out, both_grad = call()
+for h in hooks:
+    h.remove()
+geglu_restored = not any("forward" in m.__dict__ for m in dm.modules())
+print(json.dumps({
+    "geglus": geglus, "geglu_grad_fns": sorted(set(grad_fns)), "geglu_restored": geglu_restored,
+    "geglu_out_rel": float((geglu_out - plain_out).norm() / plain_out.norm()),
+    "geglu_grad_rel": float((geglu_grad - plain_grad).norm() / plain_grad.norm()),
+    "both_out_rel": float((both_out - plain_out).norm() / plain_out.norm()),
+    "both_grad_rel": float((both_grad - plain_grad).norm() / plain_grad.norm()),
+}))
 print(json.dumps({
     "kind": kind, "norms": norms, "swapped": swapped, "patched_types": kinds, "restored": restored,
     "out_rel": float((fused_out - plain_out).norm() / plain_out.norm()),

@@ -1,4 +1,5 @@
-"""A graphed run holds the UNet channels-last end to end (``bridge/channels_last.py``): on real tiny
+"""A graphed run holds the UNet channels-last end to end with fused kernels (``bridge/fast_unet.py``,
+``channels_last.py``, ``fused_norms.py``, ``fused_geglus.py``): on real tiny
 ComfyUI UNets (SD1.5 with conv projections, SD2-v and SDXL with linear ones) the forward and the
 input gradient are the plain model's up to float32 rounding, the transformer blocks hand back
 channels-last images, and the model is given back exactly as it was (same Parameter objects, NCHW,
@@ -38,12 +39,12 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("kind", ["eps", "v", "sdxl"])
-def test_channels_last_unet_matches_and_gives_the_model_back(kind):
+def test_fast_unet_matches_and_gives_the_model_back(kind):
     require_comfyui()
     from comfy.ldm.modules.attention import SpatialTransformer
 
     from doodl_nodes.bridge.autograd import make_autograd_safe
-    from doodl_nodes.bridge.channels_last import channels_last_unet
+    from doodl_nodes.bridge.fast_unet import fast_unet
 
     dm, context, y = _model(kind)
     make_autograd_safe(dm)   # what a DOODL run does before its gradient passes
@@ -60,11 +61,12 @@ def test_channels_last_unet_matches_and_gives_the_model_back(kind):
         seen.append(output.is_contiguous(memory_format=torch.channels_last))
 
     hooks = [m.register_forward_hook(spy) for m in transformers]
-    with channels_last_unet(dm) as counts:
+    with fast_unet(dm) as counts:
         # 1x1 kernels are both layouts at once: nothing to re-lay
         assert counts["channels_last_weights"] == sum(p.dim() == 4 and p.shape[2:] != (1, 1) for p in params.values())
         assert counts["layout_keeping_transformers"] == len(transformers)
         assert counts["fused_group_norms"] == sum(isinstance(m, torch.nn.GroupNorm) for m in dm.modules())
+        assert counts["fused_geglus"] == sum(type(m).__name__ == "GEGLU" for m in dm.modules()) > 0
         assert all(p.is_contiguous(memory_format=torch.channels_last) for p in params.values() if p.dim() == 4)
         out, grad = _call(dm, context, y, w)
     for h in hooks:
@@ -103,11 +105,28 @@ def test_an_unknown_transformer_forward_is_left_alone(monkeypatch):
     from comfy.ldm.modules.attention import SpatialTransformer
 
     from doodl_nodes.bridge import channels_last
+    from doodl_nodes.bridge.fingerprints import forward_fingerprint
 
-    assert channels_last.forward_fingerprint(SpatialTransformer.forward) in channels_last.KNOWN_FORWARDS
+    assert forward_fingerprint(SpatialTransformer.forward) in channels_last.KNOWN_FORWARDS
     dm, _, _ = _model("eps")
     monkeypatch.setattr(channels_last, "KNOWN_FORWARDS", frozenset())
     with channels_last.layout_keeping_transformers(dm) as n:
+        assert n == 0 and not any("forward" in m.__dict__ for m in dm.modules())
+
+
+def test_an_unknown_geglu_forward_is_left_alone(monkeypatch):
+    require_comfyui()
+    from comfy.ldm.modules.attention import GEGLU
+
+    from doodl_nodes.bridge import fused_geglus
+    from doodl_nodes.bridge.fingerprints import forward_fingerprint
+
+    assert forward_fingerprint(GEGLU.forward) in fused_geglus.KNOWN_FORWARDS
+    dm, _, _ = _model("eps")
+    with fused_geglus.fused_geglus(dm) as n:
+        assert n == sum(type(m) is GEGLU for m in dm.modules()) > 0
+    monkeypatch.setattr(fused_geglus, "KNOWN_FORWARDS", frozenset())
+    with fused_geglus.fused_geglus(dm) as n:
         assert n == 0 and not any("forward" in m.__dict__ for m in dm.modules())
 
 

@@ -22,18 +22,25 @@ def test_environment_switches(monkeypatch):
     assert torch_compile_enabled() and not torch_compile_enabled(False) and cuda_graphs_enabled(True)
 
 
-def test_fused_norms_switch(monkeypatch):
+def test_fused_kernels_switch(monkeypatch):
     require_comfyui()
     from doodl_nodes.bridge import cuda_graphs
     from doodl_nodes.core.fused_norm import triton_available
 
-    monkeypatch.delenv("DOODL_FUSED_NORMS", raising=False)
-    assert cuda_graphs.fused_norms_enabled() == triton_available()
-    monkeypatch.setenv("DOODL_FUSED_NORMS", "off")
-    assert not cuda_graphs.fused_norms_enabled()
+    for name in ("DOODL_FUSED_KERNELS", "DOODL_FUSED_NORMS", "DOODL_CHANNELS_LAST"):
+        monkeypatch.delenv(name, raising=False)
+    assert cuda_graphs.fused_kernels_enabled() == triton_available()
+    assert cuda_graphs.channels_last_enabled()
+    monkeypatch.setenv("DOODL_FUSED_KERNELS", "off")
+    assert not cuda_graphs.fused_kernels_enabled()
+    monkeypatch.setenv("DOODL_FUSED_KERNELS", "1")
+    monkeypatch.setenv("DOODL_FUSED_NORMS", "0")   # the earlier name still switches them off
+    assert not cuda_graphs.fused_kernels_enabled()
     monkeypatch.setenv("DOODL_FUSED_NORMS", "1")
     monkeypatch.setattr(cuda_graphs, "triton_available", lambda: False)
-    assert not cuda_graphs.fused_norms_enabled()   # no Triton (Windows, macOS): PyTorch's norms
+    assert not cuda_graphs.fused_kernels_enabled()   # no Triton (Windows, macOS): PyTorch's ops
+    monkeypatch.setenv("DOODL_CHANNELS_LAST", "no")
+    assert not cuda_graphs.channels_last_enabled()
 
 
 def test_graphs_are_not_used_off_cuda_or_on_patched_models():

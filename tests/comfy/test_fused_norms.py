@@ -1,7 +1,8 @@
-"""The gradient graphs' fused norms (``bridge/fused_norms.py``) on a real ComfyUI UNet: inside the
-context every GroupNorm runs the Triton kernels (on the CPU through Triton's interpreter, in a
-subprocess) and the SiLU after it is folded in; the forward and the input gradient match the plain
-model; the modules are restored after; blocks that modulate the norm's output keep their SiLU."""
+"""The fused norms (``bridge/fused_norms.py``) and GEGLU gates (``bridge/fused_geglus.py``) on a real
+ComfyUI UNet: inside the context every GroupNorm (and every GEGLU gate) runs the Triton kernels (on
+the CPU through Triton's interpreter, in a subprocess) and the SiLU after a norm is folded in; the
+forward and the input gradient match the plain model; the modules are restored after; blocks that
+modulate the norm's output keep their SiLU."""
 import json
 import os
 import subprocess
@@ -29,7 +30,14 @@ def test_tiny_sd15_unet_matches_with_fused_norms():
     out = subprocess.run([sys.executable, str(PROBE), str(ROOT), "eps"], env=env, capture_output=True,
                          text=True, timeout=600, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr[-3000:]
-    row = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    geglu = next(r for r in rows if "geglus" in r)
+    row = next(r for r in rows if "norms" in r)
+    # the GEGLU gates: every one swapped and running the kernels, the same function, put back
+    assert geglu["geglus"] > 0 and geglu["geglu_grad_fns"] == ["_GEGLUBackward"], geglu
+    assert geglu["geglu_restored"], geglu
+    for key in ("geglu_out_rel", "geglu_grad_rel", "both_out_rel", "both_grad_rel"):
+        assert geglu[key] < 1e-4, geglu
     assert row["norms"] > 0 and row["swapped"] == row["norms"], row
     assert row["patched_types"] == ["GroupNorm", "SiLU"], row
     assert row["restored"], row
