@@ -247,12 +247,38 @@ def section_norms(res, ctx, steps: int, iterations: int, reps: int) -> None:
         res.put("norms", name, {"calls": costs, "doodl": row})
 
 
-def compile_phases() -> dict:
+class CacheLog(logging.Handler):
+    """AOTAutograd's cache decisions (why a graph bypasses its on-disk cache) during a run."""
+
+    NAME = "torch._functorch._aot_autograd.autograd_cache"
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "ypass" in msg or "not cach" in msg.lower():
+            self.lines.append(msg[:400])
+
+    def __enter__(self):
+        self.logger = logging.getLogger(self.NAME)
+        self.old_level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.old_level)
+
+
+def compile_phases(cache_log: CacheLog | None = None) -> dict:
     """Where this process's compiling went: Dynamo's per-phase seconds (tracing, AOTAutograd,
-    inductor, cache lookups) and its cache hit/miss counters."""
+    inductor, cache lookups), its cache hit/miss counters and AOTAutograd's bypass reasons."""
     from torch._dynamo import utils
 
-    out: dict = {"seconds": {}, "counters": {}}
+    out: dict = {"seconds": {}, "counters": {}, "autograd_cache_log": cache_log.lines[:10] if cache_log else []}
     with contextlib.suppress(Exception):
         table = utils.compile_times(repr="csv", aggregate=True)   # (names, values)
         out["seconds"] = {name: float(value) for name, value in zip(*table)}
@@ -305,8 +331,9 @@ def main(argv=None):
 
     if sections == ["compile_once"]:           # the child process of section_compile
         ctx = build_context("sd15", args.tiny, out_dir)
-        row = run_row(ctx, ctx["model"], steps=T50, iterations=it, label="sd15 compiled")
-        row["compile_phases"] = compile_phases()
+        with CacheLog() as cache_log:
+            row = run_row(ctx, ctx["model"], steps=T50, iterations=it, label="sd15 compiled")
+        row["compile_phases"] = compile_phases(cache_log)
         Path(args.compile_result).write_text(json.dumps(row, default=str))
         return 0 if row["completed"] else 1
 
