@@ -36,6 +36,7 @@ import torch
 import comfy.model_management
 
 from ..core.fused_norm import triton_available
+from .compiled_attention import attention_outside_graph
 
 __all__ = ["GraphedGuider", "graph_blockers", "cuda_graphs_enabled", "torch_compile_enabled",
            "fused_kernels_enabled", "channels_last_enabled", "CUDA_GRAPHS_ENV", "TORCH_COMPILE_ENV",
@@ -361,7 +362,8 @@ class GraphedGuider:
         dm = self.base_model.diffusion_model
         dm.forward = torch.compile(type(dm).forward.__get__(dm), dynamic=False)
         try:
-            yield
+            with attention_outside_graph():   # keeps the graphs cacheable (compiled_attention.py)
+                yield
         finally:
             with contextlib.suppress(AttributeError):
                 del dm.forward  # the class's forward again
