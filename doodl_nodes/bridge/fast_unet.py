@@ -7,8 +7,8 @@ function; ComfyUI gets its model back as it was).
 - ``fused_kernels``: its GroupNorm(+SiLU) layers (``fused_norms.py``) and GEGLU gates
   (``fused_geglus.py``) run the pack's Triton kernels, which keep whatever layout they are given.
 
-Measured on an H200 (SD1.5, benchmarks/RESULTS.md runs 12-16): 11.7 -> 7.7 ms per no-grad call,
-20.6 -> 17.8 ms per gradient call from the layout and the norms.
+Measured on an H200 (SD1.5, benchmarks/RESULTS.md runs 13 and 16): 11.8 -> 7.5 ms per no-grad
+call and 20.6 -> 17.4 ms per gradient call, DOODL 3.4 -> 2.7 s per iteration (T=50).
 """
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """Run a diffusion model's GroupNorm layers (and the SiLU after them) as the fused kernels of
 ``core/fused_norm.py`` for the duration of a context.
 
-Used while the gradient graphs are recorded (``cuda_graphs.py``): the model then stays in the
-channels-last layout of its bf16 weight copies from the first convolution to the last, and each
-norm + SiLU is four kernels forward and backward instead of a dozen plus layout conversions. The
-forwards are swapped on the modules only inside the context (the recorded graphs keep the kernels)
-and put back after, like the weight copies; ComfyUI never sees a changed model.
+Held for a whole graphed run by ``fast_unet.py``: the model then stays channels-last from the first
+convolution to the last (PyTorch's GroupNorm would return NCHW), and each norm + SiLU is two kernels
+forward and two backward instead of a dozen plus layout conversions. The forwards are swapped on the
+modules only inside the context (the recorded graphs keep the kernels) and put back after; ComfyUI
+never sees a changed model. A norm whose weights ComfyUI casts or patches at each call, or one
+called under autocast, runs ComfyUI's own forward (:func:`_comfy_path`).
 """
 from __future__ import annotations
 

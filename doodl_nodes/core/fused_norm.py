@@ -313,11 +313,13 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] 
     """``silu(group_norm(x))`` if ``act`` else ``group_norm(x)``, for x of shape (N, C, *spatial).
 
     Runs the Triton kernels on CUDA tensors (any layout; the output has the input's layout), else
-    PyTorch's own ops: also for a weight or bias that requires grad (the kernels compute only the
-    input's gradient) and after the kernels failed once in this process."""
+    PyTorch's own ops: also for a weight or bias that requires grad in grad mode (the kernels
+    compute only the input's gradient) and after the kernels failed once in this process."""
     if x.shape[1] % groups:
         raise ValueError(f"group_norm_act: {x.shape[1]} channels do not split into {groups} groups")
-    frozen = not any(t is not None and t.requires_grad for t in (weight, bias))
+    # without grad mode nothing is differentiated, so weights that require grad (a freshly loaded
+    # ComfyUI model in a sampling run) do not matter
+    frozen = not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (weight, bias))
     if (weight is None) != (bias is None):
         raise ValueError("group_norm_act: give both weight and bias or neither")
     if frozen and _runs_on_triton(x, groups):
