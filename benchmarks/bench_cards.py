@@ -189,9 +189,11 @@ def build_context(arch: str, tiny: bool, out_dir: Path) -> dict:
             "latent_shape": latent_shape}
 
 
-#: the gradient graphs' kernels, each variant on its own (issue 15's "channels-last end to end" and
+#: the graphed run's kernels, each variant on its own (issue 15's "channels-last end to end" and
 #: "fused norms in the backward" levers): PyTorch's GroupNorm + SiLU (their outputs leave the
-#: channels-last layout) and the pack's fused Triton norms (``DOODL_FUSED_NORMS``)
+#: channels-last layout) and the pack's fused Triton kernels (``DOODL_FUSED_NORMS``, the earlier name
+#: of ``DOODL_FUSED_KERNELS``: since run 16 it also switches the fused GEGLU gates; the row labels
+#: keep their run-9 names)
 NORM_VARIANTS = [("pytorch norms", False), ("fused norms", True)]
 
 
