@@ -21,18 +21,14 @@ first convolution to the last. The values differ from an NCHW call only by float
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 
 import torch
 
-from .fingerprints import forward_fingerprint
+from .fingerprints import replaced_forwards
 
 __all__ = ["channels_last_weights", "layout_keeping_transformers", "KNOWN_FORWARDS"]
 
-log = logging.getLogger("doodl")
-
-#: fingerprints (:func:`forward_fingerprint`) of the ``SpatialTransformer.forward`` that
+#: fingerprints (``fingerprints.forward_fingerprint``) of the ``SpatialTransformer.forward`` that
 #: :func:`_layout_keeping_forward` reproduces (ComfyUI 0.3.64); another version keeps its own forward
 KNOWN_FORWARDS = frozenset({"b1ff85f3b8b6c59d"})
 
@@ -94,19 +90,5 @@ def _transformer_class():
 def layout_keeping_transformers(module: torch.nn.Module):
     """Within the context the ``SpatialTransformer`` blocks of ``module`` (exactly that class, with
     the known forward) run :func:`_layout_keeping_forward`. Yields how many were swapped."""
-    cls = _transformer_class()
-    swapped = []
-    known = cls is not None and forward_fingerprint(cls.forward) in KNOWN_FORWARDS
-    if cls is not None and not known:
-        log.debug("DOODL: SpatialTransformer.forward is not the one channels_last.py knows; left as it is")
-    try:
-        if known:
-            for m in module.modules():
-                if type(m) is cls and "forward" not in m.__dict__:
-                    m.forward = functools.partial(_layout_keeping_forward, m)
-                    swapped.append(m)
-        yield len(swapped)
-    finally:
-        for m in swapped:
-            with contextlib.suppress(AttributeError):
-                del m.forward
+    with replaced_forwards(module, _transformer_class(), KNOWN_FORWARDS, _layout_keeping_forward) as n:
+        yield n

@@ -9,17 +9,13 @@ gate is fused. The forwards are swapped on the modules and put back after.
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 
 import torch
 
 from ..core.fused_geglu import geglu
-from .fingerprints import forward_fingerprint
+from .fingerprints import replaced_forwards
 
 __all__ = ["fused_geglus", "KNOWN_FORWARDS"]
-
-log = logging.getLogger("doodl")
 
 #: fingerprints of the ``GEGLU.forward`` that :func:`_fused_forward` reproduces (ComfyUI 0.3.64)
 KNOWN_FORWARDS = frozenset({"eab6538beff8b8cf"})
@@ -40,19 +36,5 @@ def _geglu_class():
 @contextlib.contextmanager
 def fused_geglus(module: torch.nn.Module):
     """Within the context the GEGLU blocks of ``module`` run the fused gate. Yields how many."""
-    cls = _geglu_class()
-    known = cls is not None and forward_fingerprint(cls.forward) in KNOWN_FORWARDS
-    if cls is not None and not known:
-        log.debug("DOODL: GEGLU.forward is not the one fused_geglus.py knows; left as it is")
-    swapped = []
-    try:
-        if known:
-            for m in module.modules():
-                if type(m) is cls and "forward" not in m.__dict__:
-                    m.forward = functools.partial(_fused_forward, m)
-                    swapped.append(m)
-        yield len(swapped)
-    finally:
-        for m in swapped:
-            with contextlib.suppress(AttributeError):
-                del m.forward
+    with replaced_forwards(module, _geglu_class(), KNOWN_FORWARDS, _fused_forward) as n:
+        yield n
