@@ -15,31 +15,22 @@ on CPU tensors through Triton's interpreter (the tests do that).
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from .triton_fallback import KernelFallback, tl, triton
+
 __all__ = ["geglu", "geglu_reference", "geglu_failure"]
 
-log = logging.getLogger("doodl")
-
-try:  # Triton ships with PyTorch's CUDA wheels on Linux; elsewhere the fallback runs
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the platform
-    triton = None
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _BLOCK = 1024
-_failure: Optional[str] = None
+_FALLBACK = KernelFallback("GEGLU", "PyTorch's ops run")
 
 
 def geglu_failure() -> Optional[str]:
     """Why the kernels were given up in this process, or None."""
-    return _failure
+    return _FALLBACK.failure
 
 
 def geglu_reference(h: torch.Tensor) -> torch.Tensor:
@@ -49,8 +40,7 @@ def geglu_reference(h: torch.Tensor) -> torch.Tensor:
 
 
 def _runs_on_triton(h: torch.Tensor) -> bool:
-    return (triton is not None and _failure is None and h.numel() > 0 and h.shape[-1] % 2 == 0
-            and h.is_floating_point() and (h.is_cuda or (_INTERPRET and h.device.type == "cpu")))
+    return _FALLBACK.runs_on(h) and h.shape[-1] % 2 == 0 and h.is_floating_point()
 
 
 if triton is not None:
@@ -112,14 +102,6 @@ class _GEGLU(torch.autograd.Function):
         return dh
 
 
-def _give_up(exc: BaseException) -> None:
-    global _failure
-    if isinstance(exc, torch.OutOfMemoryError):
-        raise exc
-    _failure = f"{type(exc).__name__}: {exc}"[:400]
-    log.warning("DOODL: the fused GEGLU kernels failed (%s); PyTorch's ops run from here on", _failure)
-
-
 def geglu(h: torch.Tensor) -> torch.Tensor:
     """``a * gelu(g)`` for ``a, g = h.chunk(2, dim=-1)``: the Triton kernels on CUDA tensors (and on
     the CPU under ``TRITON_INTERPRET=1``), else :func:`geglu_reference`."""
@@ -127,5 +109,5 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
         try:
             return _GEGLU.apply(h)
         except Exception as exc:   # a GPU or toolchain Triton cannot build for: PyTorch from here on
-            _give_up(exc)
+            _FALLBACK.give_up(exc)
     return geglu_reference(h)

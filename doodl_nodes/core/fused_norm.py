@@ -23,57 +23,38 @@ tensors with Triton's interpreter (the test suite checks them that way against P
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from .triton_fallback import KernelFallback, tl, triton
+
 __all__ = ["group_norm_act", "triton_available", "triton_failure"]
 
-log = logging.getLogger("doodl")
-
-try:  # Triton ships with PyTorch's CUDA wheels on Linux; elsewhere the fallback runs
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the platform
-    triton = None
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _MAX_SPLITS = 64          # programs per (sample, group) along H*W; the apply kernels reduce their partials
 # Each distinct block size compiles its own kernels (once per machine: Triton caches them on disk), so
 # the tile depends on the group width only and sizes and outer strides are not specialized on.
 _TILE = 4096              # elements per loaded tile (BLOCK_HW * BLOCK_C)
 _MAX_GROUP_CHANNELS = 1024  # wider groups (a tile row would not fit the registers): PyTorch's ops
 
-#: why the Triton kernels failed in this process (a GPU or toolchain Triton does not support):
-#: from then on every call runs PyTorch's ops
-_failure: Optional[str] = None
+#: the kernels' state in this process; after a failure (a GPU or toolchain Triton does not support)
+#: every call runs PyTorch's ops
+_FALLBACK = KernelFallback("GroupNorm", "PyTorch's GroupNorm runs")
 
 
 def triton_available() -> bool:
     """Triton is importable and its kernels have not failed in this process."""
-    return triton is not None and _failure is None
+    return _FALLBACK.available()
 
 
 def triton_failure() -> Optional[str]:
     """Why the kernels were given up in this process, or None."""
-    return _failure
-
-
-def _give_up(exc: BaseException) -> None:
-    global _failure
-    if isinstance(exc, torch.OutOfMemoryError):
-        raise exc
-    _failure = f"{type(exc).__name__}: {exc}"[:400]
-    log.warning("DOODL: the fused GroupNorm kernels failed (%s); PyTorch's GroupNorm runs from here on", _failure)
+    return _FALLBACK.failure
 
 
 def _runs_on_triton(x: torch.Tensor, groups: int) -> bool:
-    return (triton_available() and x.dim() >= 3 and x.numel() > 0
-            and x.shape[1] // groups <= _MAX_GROUP_CHANNELS
-            and (x.is_cuda or (_INTERPRET and x.device.type == "cpu")))
+    return _FALLBACK.runs_on(x) and x.dim() >= 3 and x.shape[1] // groups <= _MAX_GROUP_CHANNELS
 
 
 def _pytorch(x, groups, weight, bias, eps, act):
@@ -285,7 +266,7 @@ class _GroupNormAct(torch.autograd.Function):
         try:
             return _GroupNormAct._input_grad(ctx, x, w, b, part, dy), None, None, None, None, None
         except Exception as exc:   # the backward kernels failed to build/launch: PyTorch's gradient
-            _give_up(exc)
+            _FALLBACK.give_up(exc)
         affine = (w, b) if ctx.affine else (None, None)
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)
@@ -326,5 +307,5 @@ def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] 
         try:
             return _GroupNormAct.apply(x, groups, weight, bias, float(eps), bool(act))
         except Exception as exc:   # a GPU or toolchain Triton cannot build for: PyTorch from here on
-            _give_up(exc)
+            _FALLBACK.give_up(exc)
     return _pytorch(x, groups, weight, bias, eps, act)

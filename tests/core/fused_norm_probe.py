@@ -116,7 +116,7 @@ print(json.dumps({"failure": "backward", "forward": forward_fused, "reason": fus
                   "grad_rel": float((g - ref).norm() / ref.norm())}))
 
 fused_norm._grad_stats_kernel = kernels[0]
-fused_norm._failure = None
+fused_norm._FALLBACK.failure = None
 fused_norm._stats_kernel = _Broken(RuntimeError("forward kernel: no compiler"))
 xx = x.clone().requires_grad_(True)
 y = fused_norm.group_norm_act(xx, 4, w, b, act=True)
@@ -127,7 +127,7 @@ print(json.dumps({"failure": "forward", "forward": type(y.grad_fn).__name__, "re
                   "second_call": type(y2.grad_fn).__name__,
                   "y_equal": bool(torch.equal(y, F.silu(F.group_norm(xx, 4, w, b))))}))
 
-fused_norm._failure = None
+fused_norm._FALLBACK.failure = None
 fused_norm._stats_kernel = _Broken(torch.OutOfMemoryError("CUDA out of memory"))
 try:
     fused_norm.group_norm_act(x, 4, w, b, act=True)
