@@ -3,18 +3,14 @@ ComfyUI UNet: inside the context every GroupNorm (and every GEGLU gate) runs the
 the CPU through Triton's interpreter, in a subprocess) and the SiLU after a norm is folded in; the
 forward and the input gradient match the plain model; the modules are restored after; blocks that
 modulate the norm's output keep their SiLU."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from doodl_nodes.bridge.fused_norms import fused_group_norms
-from doodl_nodes.core import fused_norm
-from tests.comfyui_env import require_comfyui, unavailable
+from tests.comfyui_env import require_comfyui
+from tests.triton_probes import interpreter_probe_rows
 
 pytestmark = pytest.mark.comfyui
 
@@ -24,13 +20,7 @@ PROBE = Path(__file__).with_name("fused_norms_probe.py")
 
 def test_tiny_sd15_unet_matches_with_fused_norms():
     require_comfyui()
-    if not fused_norm.triton_available():
-        unavailable("Triton is not installed (it comes with PyTorch's CUDA wheels on Linux)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, str(PROBE), str(ROOT), "eps"], env=env, capture_output=True,
-                         text=True, timeout=600, cwd=str(ROOT))
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    rows = interpreter_probe_rows(PROBE, "eps", cwd=ROOT)
     geglu = next(r for r in rows if "geglus" in r)
     row = next(r for r in rows if "norms" in r)
     # the GEGLU gates: every one swapped and running the kernels, the same function, put back

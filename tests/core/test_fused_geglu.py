@@ -2,32 +2,20 @@
 interpreter in a subprocess (``TRITON_INTERPRET=1`` must be set before Triton is imported): values
 and input gradients in float64 and bf16, ragged sizes, no-grad calls; the fallback to PyTorch when a
 kernel fails and without Triton."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from doodl_nodes.core import fused_geglu
-from doodl_nodes.core.fused_norm import triton_available
-from tests.comfyui_env import unavailable
+from tests.triton_probes import interpreter_probe_rows
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("fused_geglu_probe.py")
 
 
 @pytest.fixture(scope="module")
 def probe_rows():
-    if not triton_available():
-        unavailable("Triton is not installed (it comes with PyTorch's CUDA wheels on Linux)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, str(PROBE), str(ROOT)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return interpreter_probe_rows(PROBE)
 
 
 def test_kernels_match_pytorch(probe_rows):

@@ -2,10 +2,6 @@
 Triton's interpreter in a subprocess (``TRITON_INTERPRET=1`` must be set before Triton is imported):
 values and input gradients in both layouts, with and without the SiLU and the affine parameters,
 several programs per group, outputs in the input's layout and dtype; plus the fallbacks."""
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from doodl_nodes.core import fused_norm
-from tests.comfyui_env import unavailable
+from tests.triton_probes import interpreter_probe_rows
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("fused_norm_probe.py")
 
 
 @pytest.fixture(scope="module")
 def probe_rows():
-    if not fused_norm.triton_available():
-        unavailable("Triton is not installed (it comes with PyTorch's CUDA wheels on Linux)")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, str(PROBE), str(ROOT)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return interpreter_probe_rows(PROBE)
 
 
 def test_kernels_match_pytorch_in_every_layout(probe_rows):
